@@ -1,0 +1,91 @@
+//! Events: what a committed change tells hub subscribers, shaped as the user's
+//! `OrderStatusBroadcastDto`. The hub's codecs turn these into JSON or MessagePack.
+
+use super::order::Order;
+use super::status::OrderStatus;
+use super::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Which hub method carries an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    OrderPlaced,
+    PaymentSucceeded,
+    PaymentFailed,
+    StatusChanged,
+}
+
+impl EventKind {
+    /// The client-side method name (exact casing: .NET and Java handlers are case-sensitive).
+    pub fn hub_method(self) -> &'static str {
+        match self {
+            EventKind::OrderPlaced => "ReceiveOrderPlaced",
+            EventKind::PaymentSucceeded => "ReceiveOrderPaymentSucceeded",
+            EventKind::PaymentFailed => "ReceiveOrderPaymentFailed",
+            EventKind::StatusChanged => "ReceiveOrderStatusChanged",
+        }
+    }
+}
+
+/// The `OrderStatusBroadcastDto`: an immutable snapshot of an order's tracking state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStatusBroadcast {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub status: OrderStatus,
+    pub restaurant_id: Uuid,
+    pub last_update: Timestamp,
+    pub estimated_delivery: Option<Timestamp>,
+    pub actual_delivery: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub occurred_on: Timestamp,
+    /// `None` for a snapshot that is not an event (the `SubscribeToOrder` answer).
+    pub event_id: Option<Uuid>,
+    pub version: u64,
+}
+
+impl OrderStatusBroadcast {
+    /// A snapshot of `order` as it is now; `event_id` is set for real events.
+    pub fn of(order: &Order, occurred_on: Timestamp, event_id: Option<Uuid>) -> Self {
+        OrderStatusBroadcast {
+            order_id: order.id,
+            order_number: order.number.clone(),
+            status: order.status,
+            restaurant_id: order.restaurant_id,
+            last_update: order.updated_at,
+            estimated_delivery: order.estimated_delivery,
+            actual_delivery: order.actual_delivery,
+            delivered_at: if order.status == OrderStatus::Delivered {
+                order.actual_delivery
+            } else {
+                None
+            },
+            occurred_on,
+            event_id,
+            version: order.version,
+        }
+    }
+}
+
+/// One committed event, as stored in the outbox and handed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// Position in the outbox: strictly increasing in commit order.
+    pub seq: u64,
+    pub kind: EventKind,
+    pub customer_id: Uuid,
+    pub dto: OrderStatusBroadcast,
+}
+
+impl OrderEvent {
+    pub fn order_id(&self) -> Uuid {
+        self.dto.order_id
+    }
+    pub fn restaurant_id(&self) -> Uuid {
+        self.dto.restaurant_id
+    }
+    pub fn is_terminal(&self) -> bool {
+        self.dto.status.is_terminal()
+    }
+}
