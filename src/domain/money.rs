@@ -111,7 +111,10 @@ mod tests {
             parse_amount("1.005", 2, false),
             Err(AmountError::TooManyDigits(2))
         );
-        assert_eq!(parse_amount("1.50", 0, false), Err(AmountError::TooManyDigits(0)));
+        assert_eq!(
+            parse_amount("1.50", 0, false),
+            Err(AmountError::TooManyDigits(0))
+        );
         assert_eq!(parse_amount("abc", 2, false), Err(AmountError::NotANumber));
         assert_eq!(
             parse_amount("10000000000", 2, false),

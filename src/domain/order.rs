@@ -145,7 +145,13 @@ impl NewOrder {
     }
 
     /// Builds the stored order; ids, number and times come from the store's writer.
-    pub fn into_order(self, id: Uuid, number: String, now: Timestamp, item_ids: &mut dyn FnMut() -> Uuid) -> Order {
+    pub fn into_order(
+        self,
+        id: Uuid,
+        number: String,
+        now: Timestamp,
+        item_ids: &mut dyn FnMut() -> Uuid,
+    ) -> Order {
         let subtotal = self.subtotal();
         let total = self.total();
         let items = self
@@ -211,8 +217,15 @@ impl NewOrder {
         };
         let payment_method = top.string("paymentMethod", true, MAX_PAYMENT_METHOD, e);
         if let Some(pm) = &payment_method {
-            if !pm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                push(e, "paymentMethod", "must contain only letters, digits, '-' and '_'");
+            if !pm
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                push(
+                    e,
+                    "paymentMethod",
+                    "must contain only letters, digits, '-' and '_'",
+                );
             }
         }
         let delivery_fee = top.amount("deliveryFee", digits, e);
@@ -274,7 +287,10 @@ impl NewOrder {
 }
 
 fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
-    errors.entry(field.to_string()).or_default().push(msg.to_string());
+    errors
+        .entry(field.to_string())
+        .or_default()
+        .push(msg.to_string());
 }
 
 /// A JSON object whose values are kept as raw text, so numbers are read exactly and every
@@ -322,7 +338,13 @@ impl Fields {
             .collect()
     }
 
-    fn string(&mut self, key: &'static str, required: bool, max: usize, e: &mut FieldErrors) -> Option<String> {
+    fn string(
+        &mut self,
+        key: &'static str,
+        required: bool,
+        max: usize,
+        e: &mut FieldErrors,
+    ) -> Option<String> {
         let path = self.path(key);
         match self.raw(key) {
             None => {
@@ -368,7 +390,12 @@ impl Fields {
     }
 
     /// A non-negative amount with at most `digits` decimals; absent means zero.
-    fn amount(&mut self, key: &'static str, digits: Option<u32>, e: &mut FieldErrors) -> Option<Decimal> {
+    fn amount(
+        &mut self,
+        key: &'static str,
+        digits: Option<u32>,
+        e: &mut FieldErrors,
+    ) -> Option<Decimal> {
         let path = self.path(key);
         let raw = self.raw(key)?;
         let text = raw.get().trim();
@@ -385,7 +412,12 @@ impl Fields {
         }
     }
 
-    fn required_amount(&mut self, key: &'static str, digits: Option<u32>, e: &mut FieldErrors) -> Option<Decimal> {
+    fn required_amount(
+        &mut self,
+        key: &'static str,
+        digits: Option<u32>,
+        e: &mut FieldErrors,
+    ) -> Option<Decimal> {
         if self.map.get(key).is_none_or(|r| r.get().trim() == "null") {
             push(e, &self.path(key), "is required");
             self.seen.push(key);
@@ -450,7 +482,11 @@ impl Fields {
             return None;
         };
         if list.is_empty() || list.len() > MAX_ITEMS {
-            push(e, "items", &format!("must hold between 1 and {MAX_ITEMS} items"));
+            push(
+                e,
+                "items",
+                &format!("must hold between 1 and {MAX_ITEMS} items"),
+            );
             return None;
         }
         let mut out = Vec::with_capacity(list.len());
@@ -465,7 +501,12 @@ impl Fields {
     }
 }
 
-fn parse_item(raw: &RawValue, prefix: &str, digits: Option<u32>, e: &mut FieldErrors) -> Option<NewItem> {
+fn parse_item(
+    raw: &RawValue,
+    prefix: &str,
+    digits: Option<u32>,
+    e: &mut FieldErrors,
+) -> Option<NewItem> {
     let mut f = Fields::from_bytes(raw.get().as_bytes(), prefix, e)?;
     let menu_item_id = f.uuid("menuItemId", true, e);
     let name = f.string("name", true, MAX_NAME, e);
@@ -473,7 +514,11 @@ fn parse_item(raw: &RawValue, prefix: &str, digits: Option<u32>, e: &mut FieldEr
         if (1..=MAX_QUANTITY).contains(&q) {
             Some(q as u32)
         } else {
-            push(e, &f.path("quantity"), &format!("must be between 1 and {MAX_QUANTITY}"));
+            push(
+                e,
+                &f.path("quantity"),
+                &format!("must be between 1 and {MAX_QUANTITY}"),
+            );
             None
         }
     });
@@ -508,7 +553,11 @@ fn parse_item(raw: &RawValue, prefix: &str, digits: Option<u32>, e: &mut FieldEr
                 _ => customizations = None,
             }
         }
-    } else if f.map.get("customizations").is_some_and(|r| r.get().trim() != "null") {
+    } else if f
+        .map
+        .get("customizations")
+        .is_some_and(|r| r.get().trim() != "null")
+    {
         customizations = None;
     }
     for k in f.unknown_keys() {
@@ -544,7 +593,11 @@ pub fn parse_reason(body: &[u8]) -> Result<Option<String>, FieldErrors> {
 }
 
 /// Reads an optional RFC 3339 timestamp field from a body that may be empty.
-pub fn parse_time_field(body: &[u8], key: &'static str, required: bool) -> Result<Option<Timestamp>, FieldErrors> {
+pub fn parse_time_field(
+    body: &[u8],
+    key: &'static str,
+    required: bool,
+) -> Result<Option<Timestamp>, FieldErrors> {
     let mut errors = FieldErrors::new();
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         if required {
@@ -609,7 +662,14 @@ mod tests {
         let items = r#"[{"menuItemId":"nope","name":"","quantity":100,"unitPrice":-1},
                         {"menuItemId":"7d1f2c1e-0000-4000-8000-000000000002","name":"x","quantity":1,"unitPrice":1.001,
                          "customizations":[{"groupName":"g","choiceName":"c","priceAdjustment":"abc"}]}]"#;
-        let errs = NewOrder::parse(body(items, r#","tip":-2"#.replace(",\"tip\":-2", ",\"bogus\":1").as_str()).as_bytes()).unwrap_err();
+        let errs = NewOrder::parse(
+            body(
+                items,
+                r#","tip":-2"#.replace(",\"tip\":-2", ",\"bogus\":1").as_str(),
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
         for f in [
             "items[0].menuItemId",
             "items[0].name",
@@ -653,13 +713,25 @@ mod tests {
     #[test]
     fn reason_and_time_bodies() {
         assert_eq!(parse_reason(b""), Ok(None));
-        assert_eq!(parse_reason(br#"{"reason":"closed"}"#), Ok(Some("closed".into())));
+        assert_eq!(
+            parse_reason(br#"{"reason":"closed"}"#),
+            Ok(Some("closed".into()))
+        );
         assert!(parse_reason(br#"{"reason":5}"#).is_err());
         assert!(parse_time_field(b"", "estimatedDeliveryTime", true).is_err());
-        assert!(parse_time_field(br#"{"estimatedDeliveryTime":"soon"}"#, "estimatedDeliveryTime", true).is_err());
-        assert!(parse_time_field(br#"{"deliveredAt":"2025-09-27T18:25:43Z"}"#, "deliveredAt", false)
-            .unwrap()
-            .is_some());
+        assert!(parse_time_field(
+            br#"{"estimatedDeliveryTime":"soon"}"#,
+            "estimatedDeliveryTime",
+            true
+        )
+        .is_err());
+        assert!(parse_time_field(
+            br#"{"deliveredAt":"2025-09-27T18:25:43Z"}"#,
+            "deliveredAt",
+            false
+        )
+        .unwrap()
+        .is_some());
     }
 
     proptest! {

@@ -159,11 +159,9 @@ pub enum Refusal {
 fn may_request(actor: Actor, action: Action) -> bool {
     match action {
         Action::PaymentSucceeded | Action::PaymentFailed => actor == Actor::OrderService,
-        Action::Accept
-        | Action::Reject
-        | Action::Preparing
-        | Action::Ready
-        | Action::Delivered => actor == Actor::RestaurantStaff,
+        Action::Accept | Action::Reject | Action::Preparing | Action::Ready | Action::Delivered => {
+            actor == Actor::RestaurantStaff
+        }
         Action::Cancel => matches!(
             actor,
             Actor::Customer | Actor::RestaurantStaff | Actor::Administrator
@@ -215,6 +213,28 @@ pub fn decide(current: OrderStatus, action: Action, actor: Actor) -> Result<Step
     } else {
         Err(Refusal::InvalidStatus)
     }
+}
+
+/// Like [`decide`] for a principal holding several capacities: the first capacity that may
+/// perform the action wins; otherwise the most specific refusal is reported.
+pub fn decide_any(
+    current: OrderStatus,
+    action: Action,
+    actors: &[Actor],
+) -> Result<(Actor, Step), Refusal> {
+    let mut refusal = Refusal::Hidden;
+    for &actor in actors {
+        match decide(current, action, actor) {
+            Ok(step) => return Ok((actor, step)),
+            Err(r) => {
+                refusal = match (refusal, r) {
+                    (Refusal::Hidden, r) | (Refusal::Forbidden, r) => r,
+                    (kept, _) => kept,
+                }
+            }
+        }
+    }
+    Err(refusal)
 }
 
 /// The status an order starts in, from its payment method.
@@ -279,11 +299,26 @@ mod tests {
     #[test]
     fn customer_cancel_rule() {
         let c = Actor::Customer;
-        assert!(matches!(decide(Placed, Action::Cancel, c), Ok(Step::Move { .. })));
-        assert!(matches!(decide(Accepted, Action::Cancel, c), Ok(Step::Move { .. })));
+        assert!(matches!(
+            decide(Placed, Action::Cancel, c),
+            Ok(Step::Move { .. })
+        ));
+        assert!(matches!(
+            decide(Accepted, Action::Cancel, c),
+            Ok(Step::Move { .. })
+        ));
         assert_eq!(decide(Cancelled, Action::Cancel, c), Ok(Step::AlreadyThere));
-        for s in [AwaitingPayment, Preparing, ReadyForDelivery, Delivered, Rejected] {
-            assert_eq!(decide(s, Action::Cancel, c), Err(Refusal::CustomerCannotCancel));
+        for s in [
+            AwaitingPayment,
+            Preparing,
+            ReadyForDelivery,
+            Delivered,
+            Rejected,
+        ] {
+            assert_eq!(
+                decide(s, Action::Cancel, c),
+                Err(Refusal::CustomerCannotCancel)
+            );
         }
         assert_eq!(
             decide(AwaitingPayment, Action::Cancel, Actor::Administrator),
@@ -304,7 +339,11 @@ mod tests {
             Err(Refusal::Forbidden)
         );
         assert_eq!(
-            decide(AwaitingPayment, Action::PaymentSucceeded, Actor::RestaurantStaff),
+            decide(
+                AwaitingPayment,
+                Action::PaymentSucceeded,
+                Actor::RestaurantStaff
+            ),
             Err(Refusal::Forbidden)
         );
         assert_eq!(

@@ -34,7 +34,8 @@ impl Timestamp {
     }
 
     pub fn rfc3339(self) -> String {
-        self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true)
+        self.to_datetime()
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
     /// Whole seconds and nanoseconds, for the MessagePack timestamp extension.

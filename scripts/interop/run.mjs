@@ -1,0 +1,1333 @@
+#!/usr/bin/env node
+// Interop suite for the ordertrack SignalR hubs, driven by the official
+// @microsoft/signalr 10.x client (JSON and MessagePack), in Node and in Chromium.
+//
+// By default it starts the server itself:
+//   $ORDERTRACK_BIN (default <repo>/target/debug/ordertrack)
+//     serve --listen 127.0.0.1:<free port> --data-dir <temp dir> --jwt-secret <fixed secret>
+// waits for GET /readyz == 200, runs every scenario, stops the server with SIGTERM
+// and exits 1 if anything failed.  Tokens come from `ordertrack token ...`.
+//
+// Usage: node run.mjs [--only a,b,j] [--base http://127.0.0.1:8080] [--browser-selftest]
+// Environment:
+//   ORDERTRACK_BIN          server binary
+//   INTEROP_SKIP_BROWSER=1  skip the Chromium scenarios (local debugging only)
+//   INTEROP_ONLY=a,e        same as --only (scenario letters)
+//   INTEROP_BASE_URL        same as --base: use a server that is already running
+//                           (it must use INTEROP_JWT_SECRET; the restart scenario is skipped)
+//   INTEROP_JWT_SECRET      HS256 secret (default: a fixed test secret)
+//   INTEROP_WAIT_MS         per-wait timeout in ms (default 10000)
+//   INTEROP_VERBOSE=1       print client logs and the server log as they happen
+//   CHROMIUM_BIN            browser executable (default /usr/bin/chromium)
+
+import { spawn, execFile } from "node:child_process";
+import { createRequire } from "node:module";
+import { randomUUID } from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
+
+const require = createRequire(import.meta.url);
+const signalR = require("@microsoft/signalr");
+const { MessagePackHubProtocol } = require("@microsoft/signalr-protocol-msgpack");
+
+// ------------------------------------------------------------------ settings
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, "..", "..");
+const BIN = process.env.ORDERTRACK_BIN || path.join(REPO, "target", "debug", "ordertrack");
+const SECRET =
+  process.env.INTEROP_JWT_SECRET || "ordertrack-interop-suite-hs256-secret-not-for-production-use";
+const WAIT_MS = Number(process.env.INTEROP_WAIT_MS || 10_000);
+const GRACE_MS = 300; // how long to keep listening after the expected events, to catch extras
+const SCENARIO_MS = 40_000; // backstop per scenario; each wait inside has WAIT_MS
+const READY_MS = 20_000;
+const STOP_MS = 10_000;
+const VERBOSE = process.env.INTEROP_VERBOSE === "1";
+const SKIP_BROWSER = process.env.INTEROP_SKIP_BROWSER === "1";
+const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+const CUSTOMER_HUB = "/hubs/customer-orders";
+const RESTAURANT_HUB = "/hubs/restaurant-orders";
+const EVENT_NAMES = [
+  "ReceiveOrderPlaced",
+  "ReceiveOrderPaymentSucceeded",
+  "ReceiveOrderPaymentFailed",
+  "ReceiveOrderStatusChanged",
+];
+const PROTOCOLS = ["json", "msgpack"];
+const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
+const ORDER_NUMBER = /^ORD-\d{4}-\d{6}$/;
+
+function parseArgs(argv) {
+  const out = {
+    only: process.env.INTEROP_ONLY || "",
+    base: process.env.INTEROP_BASE_URL || "",
+    browserSelftest: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--only") out.only = argv[++i] ?? "";
+    else if (a.startsWith("--only=")) out.only = a.slice(7);
+    else if (a === "--base") out.base = argv[++i] ?? "";
+    else if (a.startsWith("--base=")) out.base = a.slice(7);
+    else if (a === "--browser-selftest") out.browserSelftest = true;
+    else if (a === "-h" || a === "--help") {
+      console.log(fs.readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n\n")[0]);
+      process.exit(0);
+    } else {
+      console.error(`run.mjs: unknown argument ${a}`);
+      process.exit(2);
+    }
+  }
+  out.only = out.only
+    .split(",")
+    .map((s) => s.trim().toLowerCase())
+    .filter(Boolean);
+  out.base = out.base.replace(/\/+$/, "");
+  return out;
+}
+
+// ------------------------------------------------------------------ small helpers
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+async function waitUntil(check, what, ms = WAIT_MS, every = 25) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+function show(v) {
+  if (v instanceof Date) return `Date(${isNaN(v.getTime()) ? "invalid" : v.toISOString()})`;
+  if (v === undefined) return "undefined";
+  try {
+    const s = JSON.stringify(v);
+    return s.length > 300 ? s.slice(0, 300) + "…" : s;
+  } catch {
+    return String(v);
+  }
+}
+
+function assertEq(actual, expected, what) {
+  if (actual !== expected) throw new Error(`${what}: expected ${show(expected)}, got ${show(actual)}`);
+}
+
+async function expectRejection(promise, what) {
+  let value;
+  try {
+    value = await promise;
+  } catch (e) {
+    // A timeout is not a refusal: the server never answered.
+    if (e?.message?.startsWith("timed out")) throw new Error(`${what}: ${e.message}`);
+    return e;
+  }
+  throw new Error(`${what}: expected the invocation to fail, but it returned ${show(value)}`);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function tail(file, lines = 40) {
+  try {
+    const all = fs.readFileSync(file, "utf8").split("\n");
+    return all.slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+function indent(text, prefix = "      ") {
+  return String(text)
+    .split("\n")
+    .map((l) => prefix + l)
+    .join("\n");
+}
+
+function fmtEvents(events) {
+  if (events.length === 0) return "(none)";
+  return events.map((e) => `${e.name}(${e.dto?.status ?? "?"})`).join(", ");
+}
+
+// ------------------------------------------------------------------ the server process
+
+class ServerProcess {
+  constructor({ port, dataDir, logFile }) {
+    this.port = port;
+    this.dataDir = dataDir;
+    this.logFile = logFile;
+    this.base = `http://127.0.0.1:${port}`;
+    this.proc = null;
+    this.exit = null; // {code, signal} once it exited
+  }
+
+  async start() {
+    fs.appendFileSync(this.logFile, `\n===== run.mjs: starting server on ${this.base} =====\n`);
+    const out = fs.openSync(this.logFile, "a");
+    const args = [
+      "serve",
+      "--listen",
+      `127.0.0.1:${this.port}`,
+      "--data-dir",
+      this.dataDir,
+      "--jwt-secret",
+      SECRET,
+    ];
+    this.exit = null;
+    const proc = spawn(BIN, args, { stdio: ["ignore", out, out], env: { ...process.env } });
+    fs.closeSync(out);
+    this.proc = proc;
+    let spawnError = null;
+    this.exited = new Promise((resolve) => {
+      proc.on("error", (e) => {
+        spawnError = e;
+        this.exit = { code: null, signal: null, error: e };
+        resolve(this.exit);
+      });
+      proc.on("exit", (code, signal) => {
+        this.exit = { code, signal };
+        resolve(this.exit);
+      });
+    });
+    const deadline = Date.now() + READY_MS;
+    let last = "no answer yet";
+    for (;;) {
+      if (spawnError) throw new Error(`could not start ${BIN}: ${spawnError.message}`);
+      if (this.exit)
+        throw new Error(
+          `server exited during startup (code ${this.exit.code}, signal ${this.exit.signal})\n` +
+            indent(tail(this.logFile, 30)),
+        );
+      try {
+        const res = await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer().catch(() => {});
+        if (res.status === 200) return;
+        last = `HTTP ${res.status}`;
+      } catch (e) {
+        last = e.cause?.code || e.message;
+      }
+      if (Date.now() > deadline)
+        throw new Error(
+          `server not ready after ${READY_MS} ms (GET /readyz: ${last})\n` + indent(tail(this.logFile, 30)),
+        );
+      await sleep(100);
+    }
+  }
+
+  running() {
+    return this.proc !== null && this.exit === null;
+  }
+
+  // SIGTERM, then wait for the exit. Returns {code, signal, forced}.
+  async stop(ms = STOP_MS) {
+    if (!this.proc) return { code: null, signal: null, forced: false };
+    if (this.exit) return { ...this.exit, forced: false };
+    this.proc.kill("SIGTERM");
+    try {
+      const r = await withTimeout(this.exited, ms, "server exit after SIGTERM");
+      return { ...r, forced: false };
+    } catch {
+      this.proc.kill("SIGKILL");
+      const r = await this.exited;
+      return { ...r, forced: true };
+    }
+  }
+
+  killNow() {
+    if (this.proc && this.exit === null) {
+      try {
+        this.proc.kill("SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ tokens and REST
+
+const tokenCache = new Map();
+
+function runBinary(args) {
+  return new Promise((resolve, reject) => {
+    execFile(BIN, args, { timeout: WAIT_MS, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        reject(
+          new Error(
+            `\`ordertrack ${args[0]}\` failed: ${err.message.split("\n")[0]}\n` +
+              indent(String(stderr).trim().split("\n").slice(-10).join("\n")),
+          ),
+        );
+      } else resolve(String(stdout));
+    });
+  });
+}
+
+async function mintToken({ sub, roles = [], permissions = [] }) {
+  const args = ["token", "--jwt-secret", SECRET, "--sub", sub, "--ttl", "1h"];
+  for (const r of roles) args.push("--role", r);
+  for (const p of permissions) args.push("--permission", p);
+  const key = args.join("\u0000");
+  if (tokenCache.has(key)) return tokenCache.get(key);
+  const stdout = await runBinary(args);
+  const lines = stdout
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
+  const token = lines[lines.length - 1] ?? "";
+  assert(
+    /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token),
+    `\`ordertrack token\` did not print a JWT on its last stdout line (got ${show(token.slice(0, 40))})`,
+  );
+  tokenCache.set(key, token);
+  return token;
+}
+
+async function newCustomer() {
+  const sub = randomUUID();
+  return { sub, token: await mintToken({ sub }) };
+}
+
+async function newStaff(restaurantId) {
+  const sub = randomUUID();
+  return { sub, token: await mintToken({ sub, permissions: [`RestaurantStaff:${restaurantId}`] }) };
+}
+
+let orderServicePrincipal = null;
+async function orderService() {
+  if (!orderServicePrincipal) {
+    const sub = randomUUID();
+    orderServicePrincipal = { sub, token: await mintToken({ sub, roles: ["OrderService"] }) };
+  }
+  return orderServicePrincipal;
+}
+
+const state = { base: "" }; // API base URL, set by main()
+
+async function api(method, urlPath, token, body) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let payload;
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(state.base + urlPath, {
+      method,
+      headers,
+      body: payload,
+      signal: AbortSignal.timeout(WAIT_MS),
+    });
+  } catch (e) {
+    throw new Error(`${method} ${urlPath}: request failed: ${e.cause?.code || e.message}`);
+  }
+  const text = await res.text();
+  let json;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+function expectStatus(res, expected, what) {
+  if (res.status !== expected)
+    throw new Error(`${what}: expected HTTP ${expected}, got ${res.status}: ${res.text.slice(0, 500)}`);
+  return res.json;
+}
+
+function orderBody({ customerId, restaurantId, paymentMethod }) {
+  return {
+    customerId,
+    restaurantId,
+    restaurantName: "Interop Trattoria",
+    currency: "USD",
+    items: [
+      {
+        menuItemId: randomUUID(),
+        name: "Margherita Pizza",
+        quantity: 2,
+        unitPrice: 12.5,
+        customizations: [],
+      },
+      { menuItemId: randomUUID(), name: "Lemonade", quantity: 1, unitPrice: 3, customizations: [] },
+    ],
+    deliveryFee: 2.99,
+    tip: 4,
+    tax: 1.5,
+    discount: 0,
+    paymentMethod,
+  };
+}
+
+async function placeOrder({ customerId, restaurantId, paymentMethod }) {
+  const svc = await orderService();
+  const res = await api(
+    "POST",
+    "/api/v1/orders",
+    svc.token,
+    orderBody({ customerId, restaurantId, paymentMethod }),
+  );
+  const body = expectStatus(res, 201, "POST /api/v1/orders");
+  const order = body && typeof body.order === "object" && body.order !== null ? body.order : body;
+  assert(
+    order && typeof order.orderId === "string",
+    `POST /api/v1/orders: no orderId in the 201 body: ${res.text.slice(0, 300)}`,
+  );
+  const expected = paymentMethod === "CashOnDelivery" ? "Placed" : "AwaitingPayment";
+  assertEq(order.status, expected, `status of a new ${paymentMethod} order`);
+  return order;
+}
+
+// POST /api/v1/orders/{id}/{action}; expects 200 and the given resulting status.
+async function act(orderId, action, principal, body, expectedStatus) {
+  const res = await api("POST", `/api/v1/orders/${orderId}/${action}`, principal.token, body ?? {});
+  const answer = expectStatus(res, 200, `POST /api/v1/orders/{id}/${action}`);
+  if (expectedStatus) assertEq(answer?.status, expectedStatus, `status after ${action}`);
+  return answer;
+}
+
+function inMinutes(minutes) {
+  return new Date(Date.now() + minutes * 60_000).toISOString();
+}
+
+// ------------------------------------------------------------------ hub clients
+
+// Records every line the client logs, so a failing scenario can show them.
+class CaptureLogger {
+  constructor(label) {
+    this.label = label;
+    this.lines = [];
+  }
+  log(level, message) {
+    if (level < signalR.LogLevel.Information) return;
+    const line = `[${signalR.LogLevel[level]}] ${message}`;
+    this.lines.push(line);
+    if (VERBOSE) console.log(`    ${this.label} ${line}`);
+  }
+}
+
+// Wraps a hub protocol so that the Close messages the server sends are recorded.
+function recordCloses(protocol, sink) {
+  const parse = protocol.parseMessages.bind(protocol);
+  protocol.parseMessages = (input, logger) => {
+    const messages = parse(input, logger);
+    for (const m of messages) if (m.type === signalR.MessageType.Close) sink.push(m);
+    return messages;
+  };
+  return protocol;
+}
+
+class Client {
+  constructor({ hub, token, protocol = "json", reconnectDelays, skipNegotiation = false, label }) {
+    this.protocol = protocol;
+    this.label = label ?? `${protocol}@${hub}`;
+    this.logger = new CaptureLogger(this.label);
+    this.events = [];
+    this.closeMessages = [];
+    this.reconnecting = [];
+    this.reconnected = [];
+    this.closed = [];
+    const options = { accessTokenFactory: () => token };
+    if (skipNegotiation) {
+      options.skipNegotiation = true;
+      options.transport = signalR.HttpTransportType.WebSockets;
+    }
+    const wire = protocol === "msgpack" ? new MessagePackHubProtocol() : new signalR.JsonHubProtocol();
+    let builder = new signalR.HubConnectionBuilder()
+      .withUrl(state.base + hub, options)
+      .withHubProtocol(recordCloses(wire, this.closeMessages))
+      .configureLogging(this.logger);
+    builder = reconnectDelays
+      ? builder.withAutomaticReconnect(reconnectDelays)
+      : builder.withAutomaticReconnect();
+    this.conn = builder.build();
+    for (const name of EVENT_NAMES) {
+      this.conn.on(name, (...args) => this.events.push({ name, args, dto: args[0], at: Date.now() }));
+    }
+    this.conn.onreconnecting((e) => this.reconnecting.push(e ?? null));
+    this.conn.onreconnected((id) => this.reconnected.push(id ?? null));
+    this.conn.onclose((e) => this.closed.push(e ?? null));
+  }
+
+  async start() {
+    await withTimeout(this.conn.start(), WAIT_MS, `${this.label}: start()`);
+    const transport = this.conn.connection?.transport?.constructor?.name;
+    if (transport !== undefined)
+      assertEq(transport, "WebSocketTransport", `${this.label}: transport chosen by the client`);
+  }
+
+  invoke(method, ...args) {
+    return withTimeout(this.conn.invoke(method, ...args), WAIT_MS, `${this.label}: invoke ${method}`);
+  }
+
+  eventsFor(orderId) {
+    return this.events.filter((e) => e.dto && e.dto.orderId === orderId);
+  }
+
+  // Waits until `count` events of the order have arrived, then a little longer so
+  // that duplicates or extra events would be seen too.
+  async waitEvents(orderId, count, what) {
+    try {
+      await waitUntil(() => this.eventsFor(orderId).length >= count, what);
+    } catch (e) {
+      throw new Error(`${this.label}: ${e.message}; received so far: ${fmtEvents(this.eventsFor(orderId))}`);
+    }
+    await sleep(GRACE_MS);
+    return this.eventsFor(orderId);
+  }
+
+  async stop() {
+    try {
+      await withTimeout(this.conn.stop(), 5000, `${this.label}: stop()`);
+    } catch {
+      /* best effort */
+    }
+  }
+}
+
+// ------------------------------------------------------------------ payload checks
+
+function checkTimestamp(value, protocol, what, { nullable = false } = {}) {
+  if (value === null && nullable) return;
+  if (protocol === "msgpack") {
+    assert(
+      value instanceof Date && !isNaN(value.getTime()),
+      `${what}: expected a Date (MessagePack timestamp extension), got ${show(value)} (${typeof value})`,
+    );
+  } else {
+    assert(
+      typeof value === "string" && ISO_UTC.test(value),
+      `${what}: expected an RFC 3339 UTC string ending in Z, got ${show(value)}`,
+    );
+  }
+  const ms = value instanceof Date ? value.getTime() : Date.parse(value);
+  assert(!isNaN(ms), `${what}: unparseable timestamp ${show(value)}`);
+}
+
+function toMs(v) {
+  return v instanceof Date ? v.getTime() : Date.parse(v);
+}
+
+// Checks one OrderStatusBroadcastDto (an event payload or a SubscribeToOrder result).
+function checkDto(dto, { protocol, orderId, status, restaurantId, isEvent = true, label }) {
+  assert(dto && typeof dto === "object" && !Array.isArray(dto), `${label}: payload is not an object: ${show(dto)}`);
+  assertEq(dto.orderId, orderId, `${label}: orderId`);
+  if (status !== undefined) assertEq(dto.status, status, `${label}: status`);
+  if (restaurantId !== undefined) assertEq(dto.restaurantId, restaurantId, `${label}: restaurantId`);
+  assert(
+    typeof dto.orderNumber === "string" && ORDER_NUMBER.test(dto.orderNumber),
+    `${label}: orderNumber ${show(dto.orderNumber)} is not ORD-YYYY-NNNNNN`,
+  );
+  checkTimestamp(dto.lastUpdateTimestamp, protocol, `${label}: lastUpdateTimestamp`);
+  const skew = Math.abs(toMs(dto.lastUpdateTimestamp) - Date.now());
+  assert(skew < 10 * 60_000, `${label}: lastUpdateTimestamp ${show(dto.lastUpdateTimestamp)} is not recent`);
+  for (const f of ["estimatedDeliveryTime", "actualDeliveryTime", "deliveredAt", "occurredOnUtc"]) {
+    if (dto[f] !== undefined) checkTimestamp(dto[f], protocol, `${label}: ${f}`, { nullable: true });
+  }
+  if (isEvent) {
+    assert(
+      typeof dto.eventId === "string" && dto.eventId.length > 0,
+      `${label}: eventId missing or not a string: ${show(dto.eventId)}`,
+    );
+  }
+}
+
+function checkEvents(events, expected, { protocol, orderId, restaurantId, label }) {
+  const got = events.map((e) => `${e.name}:${e.dto?.status}`);
+  const want = expected.map(([name, status]) => `${name}:${status ?? "*"}`);
+  const matches =
+    got.length === want.length &&
+    expected.every(([name, status], i) => events[i].name === name && (status === undefined || events[i].dto?.status === status));
+  assert(matches, `${label}: expected events [${want.join(", ")}], got [${got.join(", ")}]`);
+  const ids = new Set();
+  events.forEach((e, i) => {
+    assertEq(e.args.length, 1, `${label}: argument count of ${e.name}`);
+    checkDto(e.dto, { protocol, orderId, restaurantId, label: `${label}: event #${i + 1} ${e.name}` });
+    assert(!ids.has(e.dto.eventId), `${label}: eventId ${e.dto.eventId} delivered twice`);
+    ids.add(e.dto.eventId);
+  });
+}
+
+// ------------------------------------------------------------------ scenarios
+
+const scenarios = [];
+function scenario(id, title, fn, { browser = false, needsOwnServer = false, timeout = SCENARIO_MS } = {}) {
+  scenarios.push({ id, title, fn, browser, needsOwnServer, timeout });
+}
+
+// Per-scenario context: hands out clients and stops them afterwards.
+class Context {
+  constructor(name) {
+    this.name = name;
+    this.clients = [];
+    this.cleanups = [];
+  }
+  async connect(opts) {
+    const c = new Client(opts);
+    this.clients.push(c);
+    await c.start();
+    return c;
+  }
+  defer(fn) {
+    this.cleanups.push(fn);
+  }
+  async close() {
+    for (const fn of this.cleanups.reverse()) {
+      try {
+        await withTimeout(Promise.resolve().then(fn), 10_000, "cleanup");
+      } catch {
+        /* best effort */
+      }
+    }
+    await Promise.all(this.clients.map((c) => c.stop()));
+  }
+  clientLogs() {
+    return this.clients
+      .filter((c) => c.logger.lines.length > 0)
+      .map((c) => `${c.label}:\n` + indent(c.logger.lines.slice(-12).join("\n"), "  "))
+      .join("\n");
+  }
+}
+
+for (const protocol of PROTOCOLS) {
+  // a) the whole life of a cash order, seen by its customer
+  scenario(`a/${protocol}`, "lifecycle: CashOnDelivery order accepted → delivered", async (ctx) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label: `customer/${protocol}` });
+    const current = await c.invoke("SubscribeToOrder", order.orderId);
+    checkDto(current, {
+      protocol,
+      orderId: order.orderId,
+      status: "Placed",
+      restaurantId,
+      isEvent: false,
+      label: "SubscribeToOrder result",
+    });
+    const staff = await newStaff(restaurantId);
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    await act(order.orderId, "preparing", staff, {}, "Preparing");
+    await act(order.orderId, "ready", staff, {}, "ReadyForDelivery");
+    await act(order.orderId, "delivered", staff, {}, "Delivered");
+    const events = await c.waitEvents(order.orderId, 4, "4 ReceiveOrderStatusChanged events");
+    checkEvents(
+      events,
+      [
+        ["ReceiveOrderStatusChanged", "Accepted"],
+        ["ReceiveOrderStatusChanged", "Preparing"],
+        ["ReceiveOrderStatusChanged", "ReadyForDelivery"],
+        ["ReceiveOrderStatusChanged", "Delivered"],
+      ],
+      { protocol, orderId: order.orderId, restaurantId, label: "customer" },
+    );
+    checkTimestamp(events[0].dto.estimatedDeliveryTime, protocol, "Accepted event: estimatedDeliveryTime");
+    checkTimestamp(events[3].dto.actualDeliveryTime, protocol, "Delivered event: actualDeliveryTime");
+    assert(c.events.length === 4, `customer got events of other orders: ${fmtEvents(c.events)}`);
+  });
+
+  // b) card payment succeeds
+  scenario(`b/${protocol}`, "payment succeeded: PaymentSucceeded then Placed", async (ctx) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "Card" });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label: `customer/${protocol}` });
+    const current = await c.invoke("SubscribeToOrder", order.orderId);
+    checkDto(current, {
+      protocol,
+      orderId: order.orderId,
+      status: "AwaitingPayment",
+      isEvent: false,
+      label: "SubscribeToOrder result",
+    });
+    await act(order.orderId, "payment-succeeded", await orderService(), {}, "Placed");
+    const events = await c.waitEvents(order.orderId, 2, "ReceiveOrderPaymentSucceeded and ReceiveOrderPlaced");
+    checkEvents(
+      events,
+      [["ReceiveOrderPaymentSucceeded"], ["ReceiveOrderPlaced", "Placed"]],
+      { protocol, orderId: order.orderId, restaurantId, label: "customer" },
+    );
+  });
+
+  // c) card payment fails
+  scenario(`c/${protocol}`, "payment failed: PaymentFailed then StatusChanged(Cancelled)", async (ctx) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "Card" });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label: `customer/${protocol}` });
+    await c.invoke("SubscribeToOrder", order.orderId);
+    await act(order.orderId, "payment-failed", await orderService(), {}, "Cancelled");
+    const events = await c.waitEvents(order.orderId, 2, "ReceiveOrderPaymentFailed and ReceiveOrderStatusChanged");
+    checkEvents(
+      events,
+      [["ReceiveOrderPaymentFailed"], ["ReceiveOrderStatusChanged", "Cancelled"]],
+      { protocol, orderId: order.orderId, restaurantId, label: "customer" },
+    );
+  });
+
+  // d) the customer cancels a placed order
+  scenario(`d/${protocol}`, "customer cancels from Placed: StatusChanged(Cancelled)", async (ctx) => {
+    const customer = await newCustomer();
+    const order = await placeOrder({
+      customerId: customer.sub,
+      restaurantId: randomUUID(),
+      paymentMethod: "CashOnDelivery",
+    });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label: `customer/${protocol}` });
+    await c.invoke("SubscribeToOrder", order.orderId);
+    await act(order.orderId, "cancel", customer, { reason: "changed my mind" }, "Cancelled");
+    const events = await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Cancelled)");
+    checkEvents(events, [["ReceiveOrderStatusChanged", "Cancelled"]], {
+      protocol,
+      orderId: order.orderId,
+      label: "customer",
+    });
+  });
+
+  // e) someone else's order and an unknown order are refused alike
+  scenario(`e/${protocol}`, "refused subscription: foreign order and unknown id fail identically", async (ctx) => {
+    const owner = await newCustomer();
+    const stranger = await newCustomer();
+    const order = await placeOrder({
+      customerId: owner.sub,
+      restaurantId: randomUUID(),
+      paymentMethod: "CashOnDelivery",
+    });
+    const s = await ctx.connect({ hub: CUSTOMER_HUB, token: stranger.token, protocol, label: `stranger/${protocol}` });
+    const foreign = await expectRejection(s.invoke("SubscribeToOrder", order.orderId), "SubscribeToOrder(foreign order)");
+    const unknown = await expectRejection(s.invoke("SubscribeToOrder", randomUUID()), "SubscribeToOrder(unknown id)");
+    assert(foreign instanceof Error && foreign.message, `foreign subscription: rejection without a message: ${show(foreign)}`);
+    assert(!/timed out/.test(foreign.message), `foreign subscription: ${foreign.message}`);
+    assertEq(unknown.message, foreign.message, "error text for an unknown order vs. a foreign one");
+    assert(!foreign.message.includes(order.orderId), `the refusal names the order id: ${foreign.message}`);
+    assertEq(s.conn.state, signalR.HubConnectionState.Connected, "stranger's connection state after the refusals");
+    // The refused stranger must not see the order's events; the owner must.
+    const o = await ctx.connect({ hub: CUSTOMER_HUB, token: owner.token, protocol, label: `owner/${protocol}` });
+    await o.invoke("SubscribeToOrder", order.orderId);
+    await act(order.orderId, "cancel", owner, {}, "Cancelled");
+    await o.waitEvents(order.orderId, 1, "owner's ReceiveOrderStatusChanged(Cancelled)");
+    assert(s.events.length === 0, `the refused stranger received events: ${fmtEvents(s.events)}`);
+  });
+
+  // f) restaurant hub: staff see all of their restaurant's orders
+  scenario(`f/${protocol}`, "restaurant hub: staff receive events of a new card order", async (ctx) => {
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const r = await ctx.connect({ hub: RESTAURANT_HUB, token: staff.token, protocol, label: `staff/${protocol}` });
+    await r.invoke("SubscribeToRestaurant", restaurantId);
+    const otherStaff = await newStaff(randomUUID());
+    const x = await ctx.connect({ hub: RESTAURANT_HUB, token: otherStaff.token, protocol, label: `other-staff/${protocol}` });
+    await expectRejection(x.invoke("SubscribeToRestaurant", restaurantId), "SubscribeToRestaurant(another restaurant)");
+    const customer = await newCustomer();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "Card" });
+    await act(order.orderId, "payment-succeeded", await orderService(), {}, "Placed");
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(45) }, "Accepted");
+    const events = await r.waitEvents(order.orderId, 3, "PaymentSucceeded, Placed and StatusChanged(Accepted)");
+    checkEvents(
+      events,
+      [["ReceiveOrderPaymentSucceeded"], ["ReceiveOrderPlaced", "Placed"], ["ReceiveOrderStatusChanged", "Accepted"]],
+      { protocol, orderId: order.orderId, restaurantId, label: "staff" },
+    );
+    assert(x.events.length === 0, `staff of another restaurant received events: ${fmtEvents(x.events)}`);
+  });
+
+  // g) skipNegotiation: WebSocket opened directly on the hub URL, no id
+  scenario(`g/${protocol}`, "skipNegotiation + WebSockets transport", async (ctx) => {
+    const customer = await newCustomer();
+    const order = await placeOrder({
+      customerId: customer.sub,
+      restaurantId: randomUUID(),
+      paymentMethod: "CashOnDelivery",
+    });
+    const c = await ctx.connect({
+      hub: CUSTOMER_HUB,
+      token: customer.token,
+      protocol,
+      skipNegotiation: true,
+      label: `skipneg/${protocol}`,
+    });
+    const current = await c.invoke("SubscribeToOrder", order.orderId);
+    checkDto(current, { protocol, orderId: order.orderId, status: "Placed", isEvent: false, label: "SubscribeToOrder result" });
+    await act(order.orderId, "cancel", customer, {}, "Cancelled");
+    const events = await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Cancelled)");
+    checkEvents(events, [["ReceiveOrderStatusChanged", "Cancelled"]], { protocol, orderId: order.orderId, label: "customer" });
+  });
+
+  // h) hub method names match case-insensitively
+  scenario(`h/${protocol}`, "case-insensitive hub method names", async (ctx) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label: `customer/${protocol}` });
+    const current = await c.invoke("subscribetoorder", order.orderId);
+    checkDto(current, { protocol, orderId: order.orderId, status: "Placed", isEvent: false, label: "subscribetoorder result" });
+    const staff = await newStaff(restaurantId);
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Accepted) after subscribetoorder");
+    await c.invoke("UNSUBSCRIBEFROMORDER", order.orderId);
+    await act(order.orderId, "preparing", staff, {}, "Preparing");
+    await sleep(GRACE_MS * 2);
+    const events = c.eventsFor(order.orderId);
+    checkEvents(events, [["ReceiveOrderStatusChanged", "Accepted"]], {
+      protocol,
+      orderId: order.orderId,
+      label: "customer (an event after UNSUBSCRIBEFROMORDER must not arrive)",
+    });
+  });
+}
+
+// i) the server restarts; clients reconnect by themselves and re-subscribe
+scenario(
+  "i/json+msgpack",
+  "automatic reconnect after a server restart (SIGTERM → Close allowReconnect)",
+  async (ctx, env) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    const delays = [0, 500, 1000, 1000, 2000, 2000, 5000];
+    const clients = [];
+    for (const protocol of PROTOCOLS) {
+      const c = await ctx.connect({
+        hub: CUSTOMER_HUB,
+        token: customer.token,
+        protocol,
+        reconnectDelays: delays,
+        label: `reconnecting/${protocol}`,
+      });
+      await c.invoke("SubscribeToOrder", order.orderId);
+      c.resubscribed = null;
+      c.resubscribeError = null;
+      c.conn.onreconnected(() => {
+        c.conn
+          .invoke("SubscribeToOrder", order.orderId)
+          .then((dto) => (c.resubscribed = dto))
+          .catch((e) => (c.resubscribeError = e));
+      });
+      clients.push(c);
+    }
+    const stopped = await env.server.stop();
+    assert(!stopped.forced, `server did not exit within ${STOP_MS} ms of SIGTERM`);
+    assertEq(stopped.code, 0, "server exit code after SIGTERM");
+    for (const c of clients) {
+      await waitUntil(
+        () => c.closeMessages.length > 0 || c.closed.length > 0,
+        `${c.label}: a Close message from the stopping server`,
+        3000,
+      ).catch(() => {});
+      const close = c.closeMessages[c.closeMessages.length - 1];
+      assert(close, `${c.label}: no Close message received before the server went away`);
+      assertEq(close.allowReconnect, true, `${c.label}: Close.allowReconnect`);
+    }
+    await env.server.start();
+    for (const c of clients) {
+      await waitUntil(
+        () => c.reconnected.length > 0 || c.closed.length > 0,
+        `${c.label}: onreconnected`,
+        15_000,
+      );
+      assert(c.closed.length === 0, `${c.label}: connection closed instead of reconnecting: ${c.closed[0]?.message ?? c.closed[0]}`);
+      assert(c.reconnecting.length > 0, `${c.label}: onreconnecting never fired`);
+      await waitUntil(() => c.resubscribed || c.resubscribeError, `${c.label}: re-subscription`);
+      if (c.resubscribeError) throw new Error(`${c.label}: re-subscription failed: ${c.resubscribeError.message}`);
+      checkDto(c.resubscribed, {
+        protocol: c.protocol,
+        orderId: order.orderId,
+        status: "Placed",
+        isEvent: false,
+        label: `${c.label}: SubscribeToOrder after restart`,
+      });
+    }
+    const staff = await newStaff(restaurantId);
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    for (const c of clients) {
+      const events = await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Accepted) after the restart");
+      checkEvents(events, [["ReceiveOrderStatusChanged", "Accepted"]], {
+        protocol: c.protocol,
+        orderId: order.orderId,
+        restaurantId,
+        label: c.label,
+      });
+    }
+  },
+  { needsOwnServer: true, timeout: 60_000 },
+);
+
+// j) the browser bundle in Chromium, cross-origin, token in access_token
+for (const protocol of PROTOCOLS) {
+  scenario(
+    `j/${protocol}`,
+    "browser (Chromium): bundle from another origin, access_token on the WebSocket",
+    async (ctx, env) => {
+      const browser = await env.browser();
+      const page = await browser.newPage();
+      ctx.defer(() => page.close());
+      const consoleLines = [];
+      const sockets = [];
+      page.on("console", (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
+      page.on("pageerror", (e) => consoleLines.push(`[pageerror] ${e.message}`));
+      page.on("websocket", (ws) => sockets.push(ws.url()));
+      ctx.defer(() => {
+        if (ctx.failed && consoleLines.length) console.log(indent(consoleLines.slice(-15).join("\n")));
+      });
+      await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
+      await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+
+      const customer = await newCustomer();
+      const restaurantId = randomUUID();
+      const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+      const started = await withTimeout(
+        page.evaluate((cfg) => window.__track(cfg), {
+          base: state.base,
+          hub: CUSTOMER_HUB,
+          token: customer.token,
+          orderId: order.orderId,
+          protocol,
+        }),
+        WAIT_MS + 2000,
+        "page: start + SubscribeToOrder",
+      );
+      if (!started.ok) {
+        const log = await page.evaluate(() => window.__log.slice(-10)).catch(() => []);
+        throw new Error(`page could not subscribe: ${started.error}\n${indent(log.join("\n"))}`);
+      }
+      assertEq(started.orderId, order.orderId, "page: SubscribeToOrder result orderId");
+      assertEq(started.status, "Placed", "page: SubscribeToOrder result status");
+      assert(
+        sockets.some((u) => u.includes(CUSTOMER_HUB) && /[?&]access_token=/.test(u)),
+        `page: no WebSocket to ${CUSTOMER_HUB} carrying access_token (saw ${sockets.length} socket(s))`,
+      );
+
+      const staff = await newStaff(restaurantId);
+      await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+      const events = await waitUntil(async () => {
+        const evs = await page.evaluate(() => window.__events);
+        return evs.length > 0 ? evs : null;
+      }, "page: ReceiveOrderStatusChanged(Accepted)");
+      await sleep(GRACE_MS);
+      const all = await page.evaluate(() => window.__events);
+      assertEq(all.length, 1, `page: number of events (${all.map((e) => e.name + ":" + e.status).join(", ")})`);
+      const ev = events[0];
+      assertEq(ev.name, "ReceiveOrderStatusChanged", "page: event name");
+      assertEq(ev.orderId, order.orderId, "page: event orderId");
+      assertEq(ev.status, "Accepted", "page: event status");
+      assert(typeof ev.eventId === "string" && ev.eventId.length > 0, `page: eventId ${show(ev.eventId)}`);
+      const ts = ev.lastUpdateTimestamp;
+      if (protocol === "msgpack") assertEq(ts.kind, "Date", "page: lastUpdateTimestamp type (msgpack)");
+      else {
+        assertEq(ts.kind, "string", "page: lastUpdateTimestamp type (json)");
+        assert(ISO_UTC.test(ts.value), `page: lastUpdateTimestamp ${show(ts.value)} is not RFC 3339 UTC with Z`);
+      }
+      const stopped = await page.evaluate(() => window.__stop());
+      assert(stopped === "Disconnected", `page: connection state after stop(): ${stopped}`);
+    },
+    { browser: true, timeout: 60_000 },
+  );
+}
+
+// ------------------------------------------------------------------ the browser side
+
+const PAGE_HTML = `<!doctype html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>ordertrack interop</title>
+<script src="/signalr.min.js"></script>
+<script src="/signalr-protocol-msgpack.min.js"></script>
+</head>
+<body>
+<h1>ordertrack interop</h1>
+<pre id="out"></pre>
+<script>
+(function () {
+  var EVENTS = ${JSON.stringify(EVENT_NAMES)};
+  window.__events = [];
+  window.__log = [];
+  function describe(v) {
+    if (v instanceof Date) return { kind: "Date", value: isNaN(v.getTime()) ? null : v.toISOString() };
+    return { kind: v === null ? "null" : typeof v, value: v };
+  }
+  function note(text) {
+    document.getElementById("out").textContent += text + "\\n";
+  }
+  window.__selfcheck = function () {
+    return {
+      hubConnectionBuilder: typeof (window.signalR && signalR.HubConnectionBuilder),
+      messagePack: typeof (window.signalR && signalR.protocols && signalR.protocols.msgpack &&
+                           signalR.protocols.msgpack.MessagePackHubProtocol),
+      version: window.signalR ? signalR.VERSION : null,
+      origin: location.origin
+    };
+  };
+  window.__track = async function (cfg) {
+    var builder = new signalR.HubConnectionBuilder()
+      .withUrl(cfg.base + cfg.hub, { accessTokenFactory: function () { return cfg.token; } })
+      .withAutomaticReconnect()
+      .configureLogging({ log: function (level, message) { window.__log.push(level + " " + message); } });
+    if (cfg.protocol === "msgpack") {
+      builder = builder.withHubProtocol(new signalR.protocols.msgpack.MessagePackHubProtocol());
+    }
+    var conn = builder.build();
+    window.__conn = conn;
+    EVENTS.forEach(function (name) {
+      conn.on(name, function (dto) {
+        dto = dto || {};
+        window.__events.push({
+          name: name,
+          orderId: dto.orderId,
+          status: dto.status,
+          eventId: dto.eventId,
+          lastUpdateTimestamp: describe(dto.lastUpdateTimestamp)
+        });
+        note(name + " " + dto.status);
+      });
+    });
+    try {
+      await conn.start();
+      var current = await conn.invoke("SubscribeToOrder", cfg.orderId);
+      note("subscribed: " + (current && current.status));
+      return {
+        ok: true,
+        orderId: current && current.orderId,
+        status: current && current.status,
+        lastUpdateTimestamp: describe(current && current.lastUpdateTimestamp)
+      };
+    } catch (e) {
+      return { ok: false, error: String((e && e.message) || e) };
+    }
+  };
+  window.__stop = async function () {
+    if (!window.__conn) return "none";
+    await window.__conn.stop();
+    return window.__conn.state;
+  };
+  window.__ready = !!(window.signalR && signalR.HubConnectionBuilder);
+})();
+</script>
+</body>
+</html>
+`;
+
+const STATIC_FILES = {
+  "/signalr.min.js": path.join(HERE, "node_modules/@microsoft/signalr/dist/browser/signalr.min.js"),
+  "/signalr-protocol-msgpack.min.js": path.join(
+    HERE,
+    "node_modules/@microsoft/signalr-protocol-msgpack/dist/browser/signalr-protocol-msgpack.min.js",
+  ),
+};
+
+// A tiny static server on its own port, so that the page's origin differs from the API's.
+function startPageServer() {
+  return new Promise((resolve, reject) => {
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url, "http://x");
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405).end();
+        return;
+      }
+      if (url.pathname === "/" || url.pathname === "/index.html") {
+        res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" });
+        res.end(PAGE_HTML);
+        return;
+      }
+      const file = STATIC_FILES[url.pathname];
+      if (file) {
+        fs.readFile(file, (err, data) => {
+          if (err) {
+            res.writeHead(500, { "Content-Type": "text/plain" }).end(String(err.message));
+          } else {
+            res.writeHead(200, { "Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-store" });
+            res.end(data);
+          }
+        });
+        return;
+      }
+      res.writeHead(404, { "Content-Type": "text/plain" }).end("not found");
+    });
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve(server));
+  });
+}
+
+async function launchChromium() {
+  assert(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (run scripts/install-test-deps.sh)`);
+  const { chromium } = require("playwright-core");
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 30_000,
+  });
+}
+
+// Lazily started browser and page server, shared by the browser scenarios.
+function browserEnv() {
+  let browserPromise = null;
+  let pageServerPromise = null;
+  return {
+    browser() {
+      browserPromise ??= launchChromium();
+      return browserPromise;
+    },
+    async pageBase() {
+      pageServerPromise ??= startPageServer();
+      const s = await pageServerPromise;
+      return `http://127.0.0.1:${s.address().port}`;
+    },
+    async close() {
+      if (browserPromise) {
+        try {
+          const b = await browserPromise;
+          await withTimeout(b.close(), 10_000, "browser close");
+        } catch {
+          /* best effort */
+        }
+      }
+      if (pageServerPromise) {
+        try {
+          const s = await pageServerPromise;
+          s.closeAllConnections?.();
+          await new Promise((r) => s.close(r));
+        } catch {
+          /* best effort */
+        }
+      }
+    },
+  };
+}
+
+// --browser-selftest: no ordertrack server needed. Launches Chromium, loads the page
+// from the static server, checks that the bundles define their globals, and that the
+// client reports (rather than hangs on) a server that is not there.
+async function browserSelftest() {
+  const results = [];
+  const env = browserEnv();
+  const check = async (name, fn) => {
+    const t0 = Date.now();
+    try {
+      await withTimeout(fn(), 40_000, name);
+      results.push({ name, ok: true, ms: Date.now() - t0 });
+      console.log(`PASS ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    } catch (e) {
+      results.push({ name, ok: false });
+      console.log(`FAIL ${name}\n${indent(e.stack || e.message)}`);
+    }
+  };
+  let page = null;
+  await check("chromium launches via playwright-core", async () => {
+    const b = await env.browser();
+    console.log(indent(`chromium ${b.version()}`));
+  });
+  await check("test page loads from its own origin with both bundles", async () => {
+    const b = await env.browser();
+    page = await b.newPage();
+    await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS });
+    await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+    const info = await page.evaluate(() => window.__selfcheck());
+    assertEq(info.hubConnectionBuilder, "function", "signalR.HubConnectionBuilder");
+    assertEq(info.messagePack, "function", "signalR.protocols.msgpack.MessagePackHubProtocol");
+    assert(/^10\./.test(info.version), `signalR.VERSION ${info.version}`);
+    console.log(indent(`signalR ${info.version} loaded in page ${info.origin}`));
+  });
+  await check("client in the page reports an unreachable server (json and msgpack)", async () => {
+    assert(page, "no page");
+    const deadPort = await freePort();
+    for (const protocol of PROTOCOLS) {
+      const r = await page.evaluate((cfg) => window.__track(cfg), {
+        base: `http://127.0.0.1:${deadPort}`,
+        hub: CUSTOMER_HUB,
+        token: "x.y.z",
+        orderId: randomUUID(),
+        protocol,
+      });
+      assert(r.ok === false && r.error, `expected a failed start, got ${show(r)}`);
+      console.log(indent(`${protocol}: ${r.error.slice(0, 120)}`));
+    }
+  });
+  await env.close();
+  const passed = results.filter((r) => r.ok).length;
+  const failed = results.length - passed;
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed === 0 ? 0 : 1;
+}
+
+// ------------------------------------------------------------------ main
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  process.on("unhandledRejection", (e) => {
+    if (VERBOSE) console.log(`    (late rejection ignored: ${e?.message ?? e})`);
+  });
+
+  if (opts.browserSelftest) return browserSelftest();
+
+  const selected = scenarios.filter((s) => {
+    if (opts.only.length === 0) return true;
+    const letter = s.id.split("/")[0];
+    return opts.only.includes(letter) || opts.only.includes(s.id);
+  });
+
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ordertrack-interop-"));
+  const logFile = path.join(tmp, "server.log");
+  let server = null;
+  const results = [];
+  const record = (s, status, ms, detail) => {
+    results.push({ id: s.id, title: s.title, status, ms, detail });
+    const time = ms === undefined ? "" : ` (${(ms / 1000).toFixed(1)} s)`;
+    console.log(`${status} ${s.id.padEnd(15)} ${s.title}${time}`);
+    if (detail) console.log(indent(detail));
+  };
+
+  const cleanupAndExit = (code) => {
+    if (server) server.killNow();
+    process.exit(code);
+  };
+  process.on("SIGINT", () => cleanupAndExit(130));
+  process.on("SIGTERM", () => cleanupAndExit(143));
+  process.on("exit", () => server?.killNow());
+
+  let setupError = null;
+  try {
+    if (!fs.existsSync(BIN)) throw new Error(`server binary ${BIN} not found (cargo build, or set ORDERTRACK_BIN)`);
+    if (opts.base) {
+      state.base = opts.base;
+      console.log(`using the running server at ${state.base} (restart scenario skipped)`);
+    } else {
+      const port = await freePort();
+      const dataDir = path.join(tmp, "data");
+      fs.mkdirSync(dataDir);
+      server = new ServerProcess({ port, dataDir, logFile });
+      state.base = server.base;
+      console.log(`starting ${path.relative(process.cwd(), BIN) || BIN} on ${state.base} (data and log in ${tmp})`);
+      await server.start();
+    }
+    // Fail fast if tokens cannot be minted at all.
+    await orderService();
+  } catch (e) {
+    setupError = e;
+    console.log(`SETUP FAILED: ${e.message}`);
+  }
+
+  const browser = browserEnv();
+  const env = { server, browser: () => browser.browser(), pageBase: () => browser.pageBase() };
+  const suiteStart = Date.now();
+
+  for (const s of selected) {
+    if (setupError) {
+      record(s, "FAIL", undefined, "setup failed (see above)");
+      continue;
+    }
+    if (s.browser && SKIP_BROWSER) {
+      record(s, "SKIP", undefined, "INTEROP_SKIP_BROWSER=1");
+      continue;
+    }
+    if (s.needsOwnServer && !server) {
+      record(s, "SKIP", undefined, "needs a server started by this runner (not with --base)");
+      continue;
+    }
+    if (server && !server.running()) {
+      // A previous scenario left it down (or it crashed): bring it back so the
+      // remaining scenarios still say something useful.
+      const why = `server process had exited (code ${server.exit?.code}, signal ${server.exit?.signal})`;
+      try {
+        await server.start();
+        console.log(`    note: ${why}; restarted it`);
+      } catch (e) {
+        record(s, "FAIL", undefined, `${why} and could not be restarted: ${e.message}`);
+        continue;
+      }
+    }
+    const ctx = new Context(s.id);
+    const t0 = Date.now();
+    try {
+      await withTimeout(Promise.resolve().then(() => s.fn(ctx, env)), s.timeout, `scenario ${s.id}`);
+      await ctx.close();
+      record(s, "PASS", Date.now() - t0);
+    } catch (e) {
+      ctx.failed = true;
+      const logs = ctx.clientLogs();
+      await ctx.close();
+      let detail = e?.message ?? String(e);
+      if (logs) detail += `\nclient log (Information and above):\n${indent(logs, "  ")}`;
+      record(s, "FAIL", Date.now() - t0, detail);
+    }
+  }
+
+  await browser.close();
+
+  // The server must shut down cleanly on SIGTERM (contract section 7).
+  if (server && !setupError) {
+    const s = { id: "shutdown", title: "SIGTERM: server exits with code 0 within 10 s" };
+    const t0 = Date.now();
+    const r = await server.stop();
+    if (r.forced) record(s, "FAIL", Date.now() - t0, `no exit within ${STOP_MS} ms; killed`);
+    else if (r.code !== 0) record(s, "FAIL", Date.now() - t0, `exit code ${r.code}, signal ${r.signal}`);
+    else record(s, "PASS", Date.now() - t0);
+  } else if (server) {
+    await server.stop();
+  }
+
+  const passed = results.filter((r) => r.status === "PASS").length;
+  const failed = results.filter((r) => r.status === "FAIL").length;
+  const skipped = results.filter((r) => r.status === "SKIP").length;
+
+  console.log("\nsummary:");
+  for (const r of results) console.log(`  ${r.status} ${r.id.padEnd(15)} ${r.title}`);
+  if (failed > 0 && server) {
+    console.log(`\nlast lines of the server log (${logFile}):`);
+    console.log(indent(tail(logFile, 40), "  "));
+  } else if (VERBOSE && server) {
+    console.log(`\nserver log:\n${indent(tail(logFile, 200), "  ")}`);
+  }
+  if (failed === 0 && !VERBOSE) fs.rmSync(tmp, { recursive: true, force: true });
+  console.log(`\ninterop suite took ${((Date.now() - suiteStart) / 1000).toFixed(1)} s`);
+  console.log(`${passed} passed, ${failed} failed` + (skipped ? `, ${skipped} skipped` : ""));
+  return failed === 0 && passed > 0 ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e?.stack || e);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,385 @@
+//! Authentication and the visibility rule: bearer JWT → `Principal`, and the one function that
+//! decides in which capacities a principal acts on an order (none = the order is hidden).
+
+use crate::domain::{Actor, Order};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Who is calling, as proven by a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: Uuid,
+    pub administrator: bool,
+    pub order_service: bool,
+    /// Restaurants where the principal is staff (owners included: an owner has every staff right).
+    pub staff_of: Vec<Uuid>,
+    pub owner_of: Vec<Uuid>,
+    /// Token expiry, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+impl Principal {
+    pub fn is_staff_of(&self, restaurant: Uuid) -> bool {
+        self.staff_of.contains(&restaurant) || self.owner_of.contains(&restaurant)
+    }
+
+    /// The capacities in which this principal acts on an order of `customer` at `restaurant`.
+    /// Empty means the order does not exist for this principal.
+    pub fn capacities(&self, customer: Uuid, restaurant: Uuid) -> Vec<Actor> {
+        let mut caps = Vec::with_capacity(2);
+        if self.sub == customer {
+            caps.push(Actor::Customer);
+        }
+        if self.is_staff_of(restaurant) {
+            caps.push(Actor::RestaurantStaff);
+        }
+        if self.administrator {
+            caps.push(Actor::Administrator);
+        }
+        if self.order_service {
+            caps.push(Actor::OrderService);
+        }
+        caps
+    }
+
+    /// The visibility rule of contract section 2, decided from the stored order.
+    pub fn can_see(&self, order: &Order) -> bool {
+        !self
+            .capacities(order.customer_id, order.restaurant_id)
+            .is_empty()
+    }
+
+    /// Who may follow a whole restaurant: its staff and owners, and administrators.
+    pub fn can_watch_restaurant(&self, restaurant: Uuid) -> bool {
+        self.administrator || self.is_staff_of(restaurant)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("unsupported JWT algorithm '{0}' (use HS256, RS256, ES256 or EdDSA)")]
+    Algorithm(String),
+    #[error("HS256 needs a secret (--jwt-secret or ORDERTRACK_JWT_SECRET)")]
+    NoSecret,
+    #[error("{0} needs a PEM public key (--jwt-public-key)")]
+    NoPublicKey(&'static str),
+    #[error("cannot read the public key: {0}")]
+    BadKey(String),
+    #[error("the JWT library failed its self-test: {0}")]
+    SelfTest(String),
+    #[error("tokens can only be minted with HS256 and a secret")]
+    CannotMint,
+}
+
+/// The algorithms the server can be pinned to.
+pub fn parse_algorithm(s: &str) -> Result<Algorithm, KeyError> {
+    match s.to_ascii_uppercase().as_str() {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        "EDDSA" => Ok(Algorithm::EdDSA),
+        _ => Err(KeyError::Algorithm(s.to_string())),
+    }
+}
+
+/// How tokens are checked.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    pub algorithm: Algorithm,
+    pub secret: Option<Vec<u8>>,
+    pub public_key_pem: Option<Vec<u8>>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+}
+
+/// A string or an array of strings, as `role` and `permission` claims come.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+    #[default]
+    None,
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+            OneOrMany::None => Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, alias = "roles")]
+    role: OneOrMany,
+    #[serde(default, alias = "permissions")]
+    permission: OneOrMany,
+}
+
+/// Verifies bearer tokens with one pinned algorithm and key.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(s: &AuthSettings) -> Result<Self, KeyError> {
+        let key = match s.algorithm {
+            Algorithm::HS256 => {
+                DecodingKey::from_secret(s.secret.as_deref().ok_or(KeyError::NoSecret)?)
+            }
+            alg => {
+                let name = match alg {
+                    Algorithm::RS256 => "RS256",
+                    Algorithm::ES256 => "ES256",
+                    _ => "EdDSA",
+                };
+                let pem = s
+                    .public_key_pem
+                    .as_deref()
+                    .ok_or(KeyError::NoPublicKey(name))?;
+                let parsed = match alg {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+                    _ => DecodingKey::from_ed_pem(pem),
+                };
+                parsed.map_err(|e| KeyError::BadKey(e.to_string()))?
+            }
+        };
+        let mut validation = Validation::new(s.algorithm);
+        validation.leeway = s.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &s.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &s.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let auth = Authenticator { key, validation };
+        if s.algorithm == Algorithm::HS256 {
+            auth.self_test(s)?;
+        }
+        Ok(auth)
+    }
+
+    /// Mints and verifies one token so a broken crypto backend fails at start-up, not at the
+    /// first request.
+    fn self_test(&self, s: &AuthSettings) -> Result<(), KeyError> {
+        let minter = TokenMinter::new(s)?;
+        let token = minter
+            .mint(Uuid::nil(), &[], &[], 60)
+            .map_err(|e| KeyError::SelfTest(e.to_string()))?;
+        let mut v = self.validation.clone();
+        v.validate_aud = false;
+        v.iss = None;
+        jsonwebtoken::decode::<Claims>(&token, &self.key, &v)
+            .map(|_| ())
+            .map_err(|e| KeyError::SelfTest(e.to_string()))
+    }
+
+    /// Verifies a raw token (without the `Bearer ` prefix).
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() || token.len() > 8192 {
+            return Err(AuthError::Invalid("length".into()));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
+        let c = data.claims;
+        let sub =
+            Uuid::from_str(&c.sub).map_err(|_| AuthError::Invalid("sub is not a UUID".into()))?;
+        let mut p = Principal {
+            sub,
+            administrator: false,
+            order_service: false,
+            staff_of: Vec::new(),
+            owner_of: Vec::new(),
+            expires_at: c.exp,
+        };
+        for role in c.role.into_vec() {
+            match role.as_str() {
+                "Administrator" => p.administrator = true,
+                "OrderService" => p.order_service = true,
+                _ => {}
+            }
+        }
+        for perm in c.permission.into_vec() {
+            if let Some((kind, id)) = perm.split_once(':') {
+                let Ok(id) = Uuid::from_str(id) else { continue };
+                match kind {
+                    "RestaurantStaff" => p.staff_of.push(id),
+                    "RestaurantOwner" => p.owner_of.push(id),
+                    _ => {}
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Verifies the `Authorization: Bearer …` header value.
+    pub fn verify_header(&self, value: Option<&[u8]>) -> Result<Principal, AuthError> {
+        let v = value.ok_or(AuthError::Missing)?;
+        let v = std::str::from_utf8(v).map_err(|_| AuthError::Invalid("header".into()))?;
+        let token = bearer_token(v).ok_or(AuthError::Invalid("scheme".into()))?;
+        self.verify(token)
+    }
+}
+
+/// The token of an `Authorization` value using the Bearer scheme (case-insensitive).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+#[derive(Serialize)]
+struct MintClaims<'a> {
+    sub: String,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    role: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    permission: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Signs development and test tokens with the configured HS256 secret.
+pub struct TokenMinter {
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl TokenMinter {
+    pub fn new(s: &AuthSettings) -> Result<Self, KeyError> {
+        if s.algorithm != Algorithm::HS256 {
+            return Err(KeyError::CannotMint);
+        }
+        let secret = s.secret.as_deref().ok_or(KeyError::NoSecret)?;
+        Ok(TokenMinter {
+            key: EncodingKey::from_secret(secret),
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+        })
+    }
+
+    pub fn mint(
+        &self,
+        sub: Uuid,
+        roles: &[String],
+        permissions: &[String],
+        ttl_secs: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = MintClaims {
+            sub: sub.to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl_secs,
+            role: roles,
+            permission: permissions,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            algorithm: Algorithm::HS256,
+            secret: Some(b"unit-test-secret-0123456789abcdef".to_vec()),
+            public_key_pem: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+
+    #[test]
+    fn mint_then_verify() {
+        let s = settings();
+        let a = Authenticator::new(&s).unwrap();
+        let m = TokenMinter::new(&s).unwrap();
+        let r = Uuid::new_v4();
+        let sub = Uuid::new_v4();
+        let t = m
+            .mint(
+                sub,
+                &["Administrator".into()],
+                &[format!("RestaurantOwner:{r}"), "Junk".into()],
+                60,
+            )
+            .unwrap();
+        let p = a.verify(&t).unwrap();
+        assert_eq!(p.sub, sub);
+        assert!(p.administrator && !p.order_service);
+        assert!(p.is_staff_of(r));
+        assert!(a.verify(&t[..t.len() - 2]).is_err());
+        assert!(a
+            .verify_header(Some(format!("bearer {t}").as_bytes()))
+            .is_ok());
+        assert!(matches!(a.verify_header(None), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn expired_beyond_leeway_is_refused() {
+        let s = settings();
+        let a = Authenticator::new(&s).unwrap();
+        let t = TokenMinter::new(&s)
+            .unwrap()
+            .mint(Uuid::new_v4(), &[], &[], -31)
+            .unwrap();
+        assert!(a.verify(&t).is_err());
+        let t = TokenMinter::new(&s)
+            .unwrap()
+            .mint(Uuid::new_v4(), &[], &[], -5)
+            .unwrap();
+        assert!(a.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn capacities_follow_the_stored_order() {
+        let r = Uuid::new_v4();
+        let c = Uuid::new_v4();
+        let p = Principal {
+            sub: c,
+            administrator: false,
+            order_service: false,
+            staff_of: vec![],
+            owner_of: vec![],
+            expires_at: 0,
+        };
+        assert_eq!(p.capacities(c, r), vec![Actor::Customer]);
+        assert!(p.capacities(Uuid::new_v4(), r).is_empty());
+        assert!(!p.can_watch_restaurant(r));
+    }
+}

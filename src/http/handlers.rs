@@ -1,0 +1,386 @@
+//! The REST handlers: reads (status, details, history) and writes (place, payment outcomes,
+//! restaurant actions, cancel). Each turns a request into a store call and the store's answer
+//! into JSON or a problem.
+
+use super::problem::Problem;
+use super::{json_response, read_body, App, Resp};
+use crate::auth::Principal;
+use crate::domain::order::{parse_reason, parse_time_field};
+use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Timestamp};
+use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION};
+use hyper::{Request, StatusCode};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub const MAX_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_NUMBER: u32 = 1_000_000;
+
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Unavailable(_) | StoreError::ShuttingDown => Problem::unavailable(),
+        StoreError::Corrupt(_) => Problem::internal(),
+    }
+}
+
+/// Parses a path segment as an order id; anything else is answered like an unknown order.
+fn order_id(segment: &str) -> Option<Uuid> {
+    if segment.len() != 36 {
+        return None;
+    }
+    Uuid::parse_str(segment).ok()
+}
+
+/// Entity tags listed in a conditional header; `None` means `*`.
+fn listed_tags(
+    headers: &HeaderMap,
+    name: hyper::header::HeaderName,
+) -> Option<Option<Vec<String>>> {
+    let mut tags = Vec::new();
+    let mut any = false;
+    for v in headers.get_all(name) {
+        any = true;
+        let Ok(s) = v.to_str() else { continue };
+        for t in s.split(',') {
+            let t = t.trim();
+            if t == "*" {
+                return Some(None);
+            }
+            if !t.is_empty() {
+                tags.push(t.to_string());
+            }
+        }
+    }
+    any.then_some(Some(tags))
+}
+
+fn with_etag(mut resp: Resp, order: &Order) -> Resp {
+    if let Ok(v) = HeaderValue::from_str(&order.etag()) {
+        resp.headers_mut().insert(ETAG, v);
+    }
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// A read answer with the order's ETag, or 304 when `If-None-Match` names it.
+fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, order: &Order, body: &T) -> Resp {
+    if let Some(tags) = listed_tags(headers, IF_NONE_MATCH) {
+        let etag = order.etag();
+        let hit = match tags {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|t| t.strip_prefix("W/").unwrap_or(t) == etag),
+        };
+        if hit {
+            let mut resp = json_response(StatusCode::NOT_MODIFIED, Bytes::new());
+            resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            return with_etag(resp, order);
+        }
+    }
+    with_etag(json_response(StatusCode::OK, to_json(body)), order)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Loads an order the principal may see; otherwise the masked 404 with `title`.
+fn visible_order(app: &App, p: &Principal, segment: &str, title: &str) -> Result<Order, Problem> {
+    let Some(id) = order_id(segment) else {
+        return Err(Problem::order_not_found(title));
+    };
+    match app.store.get_order(id).map_err(store_problem)? {
+        Some(o) if p.can_see(&o) => Ok(o),
+        _ => Err(Problem::order_not_found(title)),
+    }
+}
+
+pub fn get_status(
+    app: &App,
+    p: &Principal,
+    headers: &HeaderMap,
+    segment: &str,
+) -> Result<Resp, Problem> {
+    let o = visible_order(app, p, segment, "GetOrderStatus.NotFound")?;
+    Ok(conditional_read(headers, &o, &super::views::status(&o)))
+}
+
+pub fn get_details(
+    app: &App,
+    p: &Principal,
+    headers: &HeaderMap,
+    segment: &str,
+) -> Result<Resp, Problem> {
+    let o = visible_order(app, p, segment, "GetOrderById.NotFound")?;
+    Ok(conditional_read(headers, &o, &super::views::details(&o, p)))
+}
+
+fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        out.insert(dec(k).to_ascii_lowercase(), dec(v));
+    }
+    out
+}
+
+pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp, Problem> {
+    let q = query_pairs(query);
+    let mut errors = FieldErrors::new();
+    let mut number = |key: &str, field: &str, default: u32, max: u32| -> u32 {
+        match q.get(key) {
+            None => default,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    errors
+                        .entry(field.to_string())
+                        .or_default()
+                        .push(format!("must be an integer between 1 and {max}"));
+                    default
+                }
+            },
+        }
+    };
+    let page_number = number("pagenumber", "pageNumber", 1, MAX_PAGE_NUMBER);
+    let page_size = number("pagesize", "pageSize", 10, MAX_PAGE_SIZE);
+    let mut statuses = None;
+    if let Some(raw) = q.get("status") {
+        let mut list = Vec::new();
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match OrderStatus::parse(name) {
+                Some(s) if !list.contains(&s) => list.push(s),
+                Some(_) => {}
+                None => errors
+                    .entry("status".into())
+                    .or_default()
+                    .push(format!("'{name}' is not a status")),
+            }
+        }
+        if list.is_empty() && !errors.contains_key("status") {
+            errors
+                .entry("status".into())
+                .or_default()
+                .push("must name at least one status".into());
+        }
+        statuses = Some(list);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation("GetMyOrders.Validation", errors));
+    }
+    let page = app
+        .store
+        .history(p.sub, statuses.as_deref(), page_number, page_size)
+        .map_err(store_problem)?;
+    Ok(json_response(
+        StatusCode::OK,
+        to_json(&super::views::page(&page, page_number, page_size)),
+    ))
+}
+
+fn idempotency_key(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().unwrap_or("");
+    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        let mut errors = FieldErrors::new();
+        errors.insert(
+            "Idempotency-Key".into(),
+            vec!["must be 1 to 200 visible ASCII characters".into()],
+        );
+        return Err(Problem::validation("Idempotency.InvalidKey", errors));
+    }
+    Ok(Some(format!("{}/{}", p.sub, key)))
+}
+
+pub async fn place_order(
+    app: &App,
+    p: &Principal,
+    req: Request<Incoming>,
+) -> Result<Resp, Problem> {
+    if !p.order_service {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "CreateOrder.Forbidden",
+            "Only the order service may place orders.",
+        ));
+    }
+    let key = idempotency_key(req.headers(), p)?;
+    let body = read_body(req, true).await?;
+    let order =
+        NewOrder::parse(&body).map_err(|e| Problem::validation("CreateOrder.Validation", e))?;
+    let idempotency = key.map(|k| {
+        let fp: [u8; 32] = Sha256::digest(&body).into();
+        (k, fp)
+    });
+    let placed = app
+        .writer
+        .place(PlaceRequest { order, idempotency })
+        .await
+        .map_err(store_problem)?;
+    let (order, replayed) = match placed {
+        Placed::Created(o) => (o, false),
+        Placed::Replayed(o) => (o, true),
+        Placed::KeyReused => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "Idempotency.KeyReused",
+                "This Idempotency-Key was already used with a different request body.",
+            ))
+        }
+    };
+    let mut resp = with_etag(
+        json_response(
+            StatusCode::CREATED,
+            to_json(&super::views::details(&order, p)),
+        ),
+        &order,
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/orders/{}", order.id)) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// The action named by the last path segment of `POST /api/v1/orders/{id}/{action}`.
+pub fn parse_action(segment: &str) -> Option<Action> {
+    Some(match segment {
+        "payment-succeeded" => Action::PaymentSucceeded,
+        "payment-failed" => Action::PaymentFailed,
+        "accept" => Action::Accept,
+        "reject" => Action::Reject,
+        "preparing" => Action::Preparing,
+        "ready" => Action::Ready,
+        "delivered" => Action::Delivered,
+        "cancel" => Action::Cancel,
+        _ => return None,
+    })
+}
+
+/// Versions named by `If-Match` for this order; a tag naming another order matches nothing.
+fn if_match_versions(headers: &HeaderMap, id: Uuid) -> Option<Vec<u64>> {
+    let tags = listed_tags(headers, IF_MATCH)??;
+    let prefix = format!("\"order-{id}-v");
+    Some(
+        tags.iter()
+            .filter_map(|t| t.strip_prefix(&prefix)?.strip_suffix('"')?.parse().ok())
+            .collect(),
+    )
+}
+
+const MIN_ETA_MS: i64 = 5 * 60 * 1000;
+const MAX_ETA_MS: i64 = 12 * 3600 * 1000;
+const FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+pub async fn act(
+    app: &App,
+    p: &Principal,
+    segment: &str,
+    action: Action,
+    req: Request<Incoming>,
+) -> Result<Resp, Problem> {
+    let not_found = || Problem::order_not_found("Order.NotFound");
+    let Some(id) = order_id(segment) else {
+        return Err(not_found());
+    };
+    let if_match = if_match_versions(req.headers(), id);
+    let body = read_body(req, false).await?;
+    let title = format!("Order.{}Validation", action.name());
+    let invalid = |e: FieldErrors| Problem::validation(&title, e);
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let mut r = ActRequest {
+        order_id: id,
+        action,
+        principal: p.clone(),
+        if_match,
+        estimated_delivery: None,
+        delivered_at: None,
+        reason: None,
+    };
+    match action {
+        Action::Accept => {
+            let eta = parse_time_field(&body, "estimatedDeliveryTime", true).map_err(invalid)?;
+            if let Some(eta) = eta {
+                let ahead = eta.millis() - now.millis();
+                if !(MIN_ETA_MS..=MAX_ETA_MS).contains(&ahead) {
+                    let mut e = FieldErrors::new();
+                    e.insert(
+                        "estimatedDeliveryTime".into(),
+                        vec!["must be between 5 minutes and 12 hours from now".into()],
+                    );
+                    return Err(invalid(e));
+                }
+            }
+            r.estimated_delivery = eta;
+        }
+        Action::Delivered => {
+            let at = parse_time_field(&body, "deliveredAt", false).map_err(invalid)?;
+            if at.is_some_and(|t| t.millis() > now.millis() + FUTURE_SKEW_MS) {
+                let mut e = FieldErrors::new();
+                e.insert(
+                    "deliveredAt".into(),
+                    vec!["must not be in the future".into()],
+                );
+                return Err(invalid(e));
+            }
+            r.delivered_at = at;
+        }
+        Action::Reject | Action::Cancel | Action::PaymentFailed => {
+            r.reason = parse_reason(&body).map_err(invalid)?;
+        }
+        Action::PaymentSucceeded | Action::Preparing | Action::Ready => {
+            parse_reason(&body).map_err(invalid)?;
+        }
+    }
+    let outcome = app.writer.act(r).await.map_err(store_problem)?;
+    match outcome {
+        Acted::Changed(o) | Acted::Unchanged(o) => Ok(with_etag(
+            json_response(StatusCode::OK, to_json(&super::views::action(&o))),
+            &o,
+        )),
+        Acted::NotFound => Err(not_found()),
+        Acted::Forbidden => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Order.Forbidden",
+            format!("You may not perform '{}' on this order.", action.name()),
+        )),
+        Acted::InvalidStatus(o) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!("Order.InvalidStatusFor{}", action.name()),
+            format!(
+                "'{}' is not allowed while the order is {}.",
+                action.name(),
+                o.status.as_str()
+            ),
+        )),
+        Acted::CustomerCannotCancel(o) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "CancelOrder.InvalidStatusForCustomer",
+            format!(
+                "A customer can cancel only a Placed or Accepted order; this one is {}.",
+                o.status.as_str()
+            ),
+        )),
+        Acted::PreconditionFailed(o) => Err(Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "Order.PreconditionFailed",
+            "If-Match does not name the order's current version.",
+        )
+        .with_header("etag", o.etag())),
+    }
+}

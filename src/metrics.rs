@@ -1,0 +1,249 @@
+//! Prometheus metrics, hand-rolled with atomics: request counts by route and status, request
+//! latency histograms, hub connections and subscriptions, events dispatched, slow-consumer
+//! closes, writer batch sizes and commit latency, database size.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Routes as labels (a fixed set, so counters are plain arrays).
+pub const ROUTES: &[&str] = &[
+    "health",
+    "metrics",
+    "place_order",
+    "order_status",
+    "order_details",
+    "order_history",
+    "order_action",
+    "hub_negotiate",
+    "hub_connect",
+    "hub_preflight",
+    "not_found",
+    "openapi",
+];
+
+const STATUSES: &[u16] = &[
+    101, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 412, 413, 415, 429, 431, 500,
+    503,
+];
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+/// A fixed-bucket histogram.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micro: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micro.fetch_add((v * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let total = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let sum = self.sum_micro.load(Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    latency: Vec<Histogram>,
+    pub hub_connections: AtomicI64,
+    pub hub_subscriptions: AtomicI64,
+    pub events_dispatched: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub refused_connections: AtomicU64,
+    batch_sizes: Histogram,
+    commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            requests: (0..ROUTES.len() * (STATUSES.len() + 1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            latency: ROUTES
+                .iter()
+                .map(|_| Histogram::new(LATENCY_BUCKETS))
+                .collect(),
+            hub_connections: AtomicI64::new(0),
+            hub_subscriptions: AtomicI64::new(0),
+            events_dispatched: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            slow_consumer_closes: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+            batch_sizes: Histogram::new(BATCH_BUCKETS),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+
+    pub fn route_index(route: &str) -> usize {
+        ROUTES
+            .iter()
+            .position(|r| *r == route)
+            .unwrap_or(ROUTES.len() - 2)
+    }
+
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        let r = Self::route_index(route);
+        let s = STATUSES
+            .iter()
+            .position(|x| *x == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[r * (STATUSES.len() + 1) + s].fetch_add(1, Relaxed);
+        self.latency[r].observe(seconds);
+    }
+
+    pub fn observe_batch(&self, size: usize, commit_seconds: f64) {
+        self.batch_sizes.observe(size as f64);
+        self.commit_seconds.observe(commit_seconds);
+    }
+
+    /// The Prometheus text exposition. `db_bytes` and `orders` are read at scrape time.
+    pub fn render(&self, db_bytes: u64, orders: u64) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP ordertrack_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE ordertrack_http_requests_total counter\n");
+        for (ri, route) in ROUTES.iter().enumerate() {
+            for si in 0..=STATUSES.len() {
+                let n = self.requests[ri * (STATUSES.len() + 1) + si].load(Relaxed);
+                if n > 0 {
+                    let status = STATUSES
+                        .get(si)
+                        .map(|s| s.to_string())
+                        .unwrap_or("other".into());
+                    let _ = writeln!(
+                        out,
+                        "ordertrack_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP ordertrack_http_request_duration_seconds Request latency by route.\n");
+        out.push_str("# TYPE ordertrack_http_request_duration_seconds histogram\n");
+        for (ri, route) in ROUTES.iter().enumerate() {
+            if self.latency[ri].count.load(Relaxed) > 0 {
+                self.latency[ri].render(
+                    &mut out,
+                    "ordertrack_http_request_duration_seconds",
+                    &format!("route=\"{route}\""),
+                );
+            }
+        }
+        let gauges: [(&str, &str, &str, i64); 8] = [
+            (
+                "ordertrack_hub_connections",
+                "gauge",
+                "Open hub connections.",
+                self.hub_connections.load(Relaxed),
+            ),
+            (
+                "ordertrack_hub_subscriptions",
+                "gauge",
+                "Active hub subscriptions (orders and restaurants).",
+                self.hub_subscriptions.load(Relaxed),
+            ),
+            (
+                "ordertrack_events_dispatched_total",
+                "counter",
+                "Committed events handed to the hubs.",
+                self.events_dispatched.load(Relaxed) as i64,
+            ),
+            (
+                "ordertrack_event_deliveries_total",
+                "counter",
+                "Event frames queued to subscribers.",
+                self.deliveries.load(Relaxed) as i64,
+            ),
+            (
+                "ordertrack_slow_consumer_closes_total",
+                "counter",
+                "Hub connections closed because their queue was full.",
+                self.slow_consumer_closes.load(Relaxed) as i64,
+            ),
+            (
+                "ordertrack_refused_connections_total",
+                "counter",
+                "Connections refused by a limit.",
+                self.refused_connections.load(Relaxed) as i64,
+            ),
+            (
+                "ordertrack_db_size_bytes",
+                "gauge",
+                "Size of the redb file.",
+                db_bytes as i64,
+            ),
+            (
+                "ordertrack_orders",
+                "gauge",
+                "Orders stored.",
+                orders as i64,
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out.push_str(
+            "# HELP ordertrack_writer_batch_size Requests committed per write transaction.\n",
+        );
+        out.push_str("# TYPE ordertrack_writer_batch_size histogram\n");
+        self.batch_sizes
+            .render(&mut out, "ordertrack_writer_batch_size", "");
+        out.push_str(
+            "# HELP ordertrack_writer_commit_seconds Time to apply and commit one batch.\n",
+        );
+        out.push_str("# TYPE ordertrack_writer_commit_seconds histogram\n");
+        self.commit_seconds
+            .render(&mut out, "ordertrack_writer_commit_seconds", "");
+        out
+    }
+}
+
+impl crate::store::writer::BatchObserver for Metrics {
+    fn batch_committed(&self, size: usize, commit_seconds: f64) {
+        self.observe_batch(size, commit_seconds);
+    }
+}

@@ -1,0 +1,161 @@
+//! The commands behind the CLI: `serve` wires store, writer, hubs and HTTP together and handles
+//! signals; `token` mints a development token.
+
+use crate::auth::{Authenticator, TokenMinter};
+use crate::config::{
+    parse_ttl, token_auth, ConfigError, LogFormat, ServeArgs, Settings, TokenArgs,
+};
+use crate::http::server::{self, Limits};
+use crate::http::App;
+use crate::hub::{HubSettings, Hubs};
+use crate::metrics::Metrics;
+use crate::store::{self, Store, StoreSettings, WriterSettings};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot mint a token: {0}")]
+    Mint(String),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERTRACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// `ordertrack serve`: runs until SIGTERM or Ctrl-C, then shuts down cleanly.
+pub fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let settings = Settings::resolve(&args)?;
+    init_logging(settings.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(serve_async(settings))
+}
+
+async fn serve_async(settings: Settings) -> Result<(), RunError> {
+    if settings.dev_secret {
+        tracing::warn!(
+            path = %settings.data_dir.join("dev-jwt-secret").display(),
+            "NO JWT SECRET CONFIGURED: using a generated development secret. Set --jwt-secret or ORDERTRACK_JWT_SECRET in production."
+        );
+    }
+    let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| RunError::Listen(settings.listen, e))?;
+    let started = std::time::Instant::now();
+    let store = Store::open(
+        &settings.data_dir,
+        &StoreSettings {
+            cache_bytes: settings.cache_mb.max(1) * 1024 * 1024,
+        },
+    )?;
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let hubs = Hubs::new(
+        HubSettings {
+            max_connections: settings.max_hub_connections,
+            ..HubSettings::default()
+        },
+        metrics.clone(),
+        shutdown.child_token(),
+    );
+    let (writer, writer_thread) = store::writer::spawn(
+        &store,
+        WriterSettings::default(),
+        hubs.clone(),
+        Some(metrics.clone()),
+    )?;
+    let app = Arc::new(App {
+        store: store.clone(),
+        writer,
+        auth,
+        metrics,
+        hubs: hubs.clone(),
+        ready: true.into(),
+    });
+    let addr = listener.local_addr().unwrap_or(settings.listen);
+    tracing::info!(
+        listen = %addr,
+        data_dir = %settings.data_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ordertrack serving"
+    );
+    let limits = Limits {
+        max_connections: settings.max_connections,
+        max_per_ip: settings.max_connections_per_ip,
+        ..Limits::default()
+    };
+    let http_shutdown = shutdown.clone();
+    let server = tokio::spawn(server::run(listener, app.clone(), limits, http_shutdown));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    app.ready.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    hubs.close_all().await;
+    let _ = server.await;
+    // Dropping the last writer handle stops the writer after its final commit.
+    drop(app);
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("writer thread ended abnormally");
+    }
+    drop(store);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `ordertrack token`: prints a signed token on stdout.
+pub fn token(args: TokenArgs) -> Result<(), RunError> {
+    let auth = token_auth(&args.common)?;
+    let minter = TokenMinter::new(&auth).map_err(ConfigError::from)?;
+    let ttl = parse_ttl(&args.ttl)?;
+    let token = minter
+        .mint(args.sub, &args.roles, &args.permissions, ttl)
+        .map_err(|e| RunError::Mint(e.to_string()))?;
+    println!("{token}");
+    Ok(())
+}

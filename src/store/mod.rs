@@ -1,0 +1,250 @@
+//! The order store: an embedded redb file, one writer thread with group commit
+//! (`writer.rs`), and read queries that run in their own read transactions and never wait for
+//! the writer.
+
+pub mod schema;
+pub mod writer;
+
+use crate::domain::{Order, OrderEvent, OrderStatus};
+use redb::{Database, ReadableDatabase};
+use schema::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use uuid::Uuid;
+
+pub use writer::{
+    ActRequest, Acted, EventSink, PlaceRequest, Placed, WriterHandle, WriterSettings,
+};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be read or written (disk full, I/O error, corruption).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The writer is gone (the server is shutting down).
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("stored data could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(e: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// What an `Idempotency-Key` remembers: the request's fingerprint and the order as first
+/// answered, so a retry gets the identical answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub fingerprint: [u8; 32],
+    pub order: Order,
+    pub created_ms: i64,
+}
+
+/// One page of a customer's history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub orders: Vec<Order>,
+    pub total_count: u64,
+}
+
+/// Size and counters of the database, for `/metrics` and `db stats`.
+#[derive(Debug, Default, Clone)]
+pub struct StoreStats {
+    pub orders: u64,
+    pub events: u64,
+    pub idempotency_keys: u64,
+    pub file_bytes: u64,
+}
+
+/// Read access to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Settings for opening the database file.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `orders.redb` in `dir` and makes sure every table exists.
+    pub fn open(dir: &Path, settings: &StoreSettings) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(StoreError::io)?;
+        let path = dir.join("orders.redb");
+        let db = Database::builder()
+            .set_cache_size(settings.cache_bytes)
+            .create(&path)
+            .map_err(StoreError::io)?;
+        let txn = db.begin_write().map_err(StoreError::io)?;
+        {
+            txn.open_table(ORDERS).map_err(StoreError::io)?;
+            txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?;
+            txn.open_table(BY_RESTAURANT).map_err(StoreError::io)?;
+            txn.open_table(CUSTOMER_COUNTS).map_err(StoreError::io)?;
+            txn.open_table(OUTBOX).map_err(StoreError::io)?;
+            txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?;
+            txn.open_table(META).map_err(StoreError::io)?;
+        }
+        txn.commit().map_err(StoreError::io)?;
+        Ok(Store {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    pub fn get_order(&self, id: Uuid) -> Result<Option<Order>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let t = txn.open_table(ORDERS).map_err(StoreError::io)?;
+        match t.get(id.as_bytes()).map_err(StoreError::io)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Page `page` (1-based) of `customer`'s orders, newest first, optionally only those in
+    /// `statuses`. Without a filter the cost is proportional to the page's position, never to
+    /// the whole history; `total_count` comes from per-status counters, not a scan.
+    pub fn history(
+        &self,
+        customer: Uuid,
+        statuses: Option<&[OrderStatus]>,
+        page: u32,
+        size: u32,
+    ) -> Result<HistoryPage, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let counts = txn.open_table(CUSTOMER_COUNTS).map_err(StoreError::io)?;
+        let wanted: Vec<OrderStatus> = match statuses {
+            Some(s) => s.to_vec(),
+            None => OrderStatus::ALL.to_vec(),
+        };
+        let mut total = 0u64;
+        for s in &wanted {
+            if let Some(c) = counts
+                .get(&count_key(customer, *s))
+                .map_err(StoreError::io)?
+            {
+                total += c.value();
+            }
+        }
+        let skip = (page.saturating_sub(1) as u64) * size as u64;
+        let mut orders = Vec::with_capacity(size as usize);
+        if skip < total {
+            let index = txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?;
+            let table = txn.open_table(ORDERS).map_err(StoreError::io)?;
+            let (lo, hi) = index_bounds(customer);
+            let filter = statuses.map(|s| s.iter().map(|st| st.code()).collect::<Vec<u8>>());
+            let mut skipped = 0u64;
+            for entry in index
+                .range::<&[u8; 40]>(&lo..=&hi)
+                .map_err(StoreError::io)?
+                .rev()
+            {
+                let (k, v) = entry.map_err(StoreError::io)?;
+                if let Some(f) = &filter {
+                    if !f.contains(&v.value()) {
+                        continue;
+                    }
+                }
+                if skipped < skip {
+                    skipped += 1;
+                    continue;
+                }
+                let id = order_id_of_index(k.value());
+                if let Some(raw) = table.get(id.as_bytes()).map_err(StoreError::io)? {
+                    orders.push(decode(raw.value())?);
+                }
+                if orders.len() >= size as usize {
+                    break;
+                }
+            }
+        }
+        Ok(HistoryPage {
+            orders,
+            total_count: total,
+        })
+    }
+
+    /// Outbox events with a sequence number greater than `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OrderEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let t = txn.open_table(OUTBOX).map_err(StoreError::io)?;
+        let mut out = Vec::new();
+        for entry in t.range(after.saturating_add(1)..).map_err(StoreError::io)? {
+            let (_, v) = entry.map_err(StoreError::io)?;
+            out.push(decode(v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of the newest event (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let t = txn.open_table(META).map_err(StoreError::io)?;
+        Ok(t.get(EVENT_SEQ)
+            .map_err(StoreError::io)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let orders = txn
+            .open_table(ORDERS)
+            .map_err(StoreError::io)?
+            .len()
+            .map_err(StoreError::io)?;
+        let events = txn
+            .open_table(OUTBOX)
+            .map_err(StoreError::io)?
+            .len()
+            .map_err(StoreError::io)?;
+        let idempotency_keys = txn
+            .open_table(IDEMPOTENCY)
+            .map_err(StoreError::io)?
+            .len()
+            .map_err(StoreError::io)?;
+        let file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        Ok(StoreStats {
+            orders,
+            events,
+            idempotency_keys,
+            file_bytes,
+        })
+    }
+}

@@ -1,0 +1,480 @@
+//! The single writer: one thread owns every write transaction. Requests arrive on a bounded
+//! channel; the writer drains what is queued (up to a batch limit), applies the batch in one
+//! transaction, commits once, hands the committed events to the event sink, and only then
+//! answers each request. Nothing is acknowledged before its commit returned.
+
+use super::schema::*;
+use super::{decode, encode, IdempotencyRecord, Store, StoreError};
+use crate::auth::Principal;
+use crate::domain::status::decide_any;
+use crate::domain::{
+    Action, EventKind, NewOrder, Order, OrderEvent, OrderStatus, OrderStatusBroadcast, Refusal,
+    Step, Timestamp,
+};
+use redb::{ReadableTable, Table, WriteTransaction};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Receives the events of every committed batch, in commit order.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, events: Vec<Arc<OrderEvent>>);
+}
+
+/// Observes batches (for metrics): batch size and commit duration.
+pub trait BatchObserver: Send + Sync {
+    fn batch_committed(&self, size: usize, commit_seconds: f64);
+}
+
+#[derive(Clone, Debug)]
+pub struct WriterSettings {
+    /// Queue capacity: callers wait (asynchronously) when it is full.
+    pub queue: usize,
+    /// Most requests applied in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        WriterSettings {
+            queue: 4096,
+            max_batch: 512,
+        }
+    }
+}
+
+/// Place a priced order.
+pub struct PlaceRequest {
+    pub order: NewOrder,
+    /// `(caller/key, sha256 of the request)` when an `Idempotency-Key` was sent.
+    pub idempotency: Option<(String, [u8; 32])>,
+}
+
+#[derive(Debug)]
+pub enum Placed {
+    Created(Order),
+    /// The same key and body were seen before: the first answer, unchanged.
+    Replayed(Order),
+    /// The key was used before with a different body.
+    KeyReused,
+}
+
+/// Ask for a status action on an order.
+pub struct ActRequest {
+    pub order_id: Uuid,
+    pub action: Action,
+    pub principal: Principal,
+    /// Versions named by `If-Match` (absent header or `*`: `None`). An empty list never matches.
+    pub if_match: Option<Vec<u64>>,
+    pub estimated_delivery: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Acted {
+    Changed(Order),
+    /// The order already had the action's target status.
+    Unchanged(Order),
+    /// Unknown id, or an order the caller may not see: answered identically.
+    NotFound,
+    Forbidden,
+    InvalidStatus(Order),
+    CustomerCannotCancel(Order),
+    PreconditionFailed(Order),
+}
+
+enum Command {
+    Place(PlaceRequest, oneshot::Sender<Result<Placed, StoreError>>),
+    Act(ActRequest, oneshot::Sender<Result<Acted, StoreError>>),
+}
+
+/// The async side of the writer: cheap to clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl WriterHandle {
+    pub async fn place(&self, req: PlaceRequest) -> Result<Placed, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Place(req, tx))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    pub async fn act(&self, req: ActRequest) -> Result<Acted, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Act(req, tx))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+}
+
+/// Starts the writer thread. It stops when every `WriterHandle` is dropped; join the returned
+/// handle to know the last commit is done.
+pub fn spawn(
+    store: &Store,
+    settings: WriterSettings,
+    sink: Arc<dyn EventSink>,
+    observer: Option<Arc<dyn BatchObserver>>,
+) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
+    let (tx, rx) = mpsc::channel(settings.queue.max(1));
+    let mut writer = Writer::new(store.clone(), settings.max_batch.max(1))?;
+    let join = std::thread::Builder::new()
+        .name("ordertrack-writer".into())
+        .spawn(move || writer.run(rx, sink, observer))
+        .map_err(StoreError::io)?;
+    Ok((WriterHandle { tx }, join))
+}
+
+enum Outcome {
+    Place(Placed),
+    Act(Acted),
+}
+
+/// Result of one command inside a batch, answered after the commit.
+enum Pending {
+    Place(oneshot::Sender<Result<Placed, StoreError>>, Placed),
+    Act(oneshot::Sender<Result<Acted, StoreError>>, Acted),
+}
+
+struct Tables<'t> {
+    orders: Table<'t, &'static [u8; 16], &'static [u8]>,
+    by_customer: Table<'t, &'static [u8; 40], u8>,
+    by_restaurant: Table<'t, &'static [u8; 40], u8>,
+    counts: Table<'t, &'static [u8; 17], u64>,
+    outbox: Table<'t, u64, &'static [u8]>,
+    idem: Table<'t, &'static str, &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            orders: txn.open_table(ORDERS).map_err(StoreError::io)?,
+            by_customer: txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?,
+            by_restaurant: txn.open_table(BY_RESTAURANT).map_err(StoreError::io)?,
+            counts: txn.open_table(CUSTOMER_COUNTS).map_err(StoreError::io)?,
+            outbox: txn.open_table(OUTBOX).map_err(StoreError::io)?,
+            idem: txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?,
+            meta: txn.open_table(META).map_err(StoreError::io)?,
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(key)
+            .map_err(StoreError::io)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn set_meta(&mut self, key: &str, v: u64) -> Result<(), StoreError> {
+        self.meta.insert(key, v).map_err(StoreError::io)?;
+        Ok(())
+    }
+
+    fn bump_count(
+        &mut self,
+        customer: Uuid,
+        status: OrderStatus,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        let k = count_key(customer, status);
+        let cur = self
+            .counts
+            .get(&k)
+            .map_err(StoreError::io)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let next = (cur as i64 + delta).max(0) as u64;
+        if next == 0 {
+            self.counts.remove(&k).map_err(StoreError::io)?;
+        } else {
+            self.counts.insert(&k, next).map_err(StoreError::io)?;
+        }
+        Ok(())
+    }
+
+    fn put_order(&mut self, order: &Order) -> Result<(), StoreError> {
+        let bytes = encode(order)?;
+        self.orders
+            .insert(order.id.as_bytes(), bytes.as_slice())
+            .map_err(StoreError::io)?;
+        let code = order.status.code();
+        let ck = index_key(order.customer_id, order.placed_at, order.id);
+        self.by_customer.insert(&ck, code).map_err(StoreError::io)?;
+        let rk = index_key(order.restaurant_id, order.placed_at, order.id);
+        self.by_restaurant
+            .insert(&rk, code)
+            .map_err(StoreError::io)?;
+        Ok(())
+    }
+}
+
+struct Writer {
+    store: Store,
+    max_batch: usize,
+    /// The writer's clock never goes backwards, even if the system clock does.
+    last_now: i64,
+    /// Recycled buffer of events of the current batch.
+    events: Vec<Arc<OrderEvent>>,
+}
+
+impl Writer {
+    fn new(store: Store, max_batch: usize) -> Result<Self, StoreError> {
+        let last_now = {
+            use redb::ReadableDatabase;
+            let txn = store.db().begin_read().map_err(StoreError::io)?;
+            let meta = txn.open_table(META).map_err(StoreError::io)?;
+            meta.get(CLOCK)
+                .map_err(StoreError::io)?
+                .map(|v| v.value() as i64)
+                .unwrap_or(0)
+        };
+        Ok(Writer {
+            store,
+            max_batch,
+            last_now,
+            events: Vec::new(),
+        })
+    }
+
+    fn now(&mut self) -> Timestamp {
+        let sys = chrono::Utc::now().timestamp_millis();
+        self.last_now = self.last_now.max(sys);
+        Timestamp(self.last_now)
+    }
+
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Command>,
+        sink: Arc<dyn EventSink>,
+        observer: Option<Arc<dyn BatchObserver>>,
+    ) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while rx.blocking_recv_many(&mut batch, self.max_batch) > 0 {
+            let size = batch.len();
+            let started = Instant::now();
+            let saved_clock = self.last_now;
+            match self.apply(&mut batch) {
+                Ok(pending) => {
+                    if let Some(o) = &observer {
+                        o.batch_committed(size, started.elapsed().as_secs_f64());
+                    }
+                    if !self.events.is_empty() {
+                        sink.publish(std::mem::take(&mut self.events));
+                    }
+                    for p in pending {
+                        match p {
+                            Pending::Place(tx, r) => {
+                                let _ = tx.send(Ok(r));
+                            }
+                            Pending::Act(tx, r) => {
+                                let _ = tx.send(Ok(r));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.last_now = saved_clock.max(self.last_now);
+                    self.events.clear();
+                    tracing::error!(error = %e, batch = size, "write batch failed; answering 503");
+                    for cmd in batch.drain(..) {
+                        let err = StoreError::Unavailable(e.to_string());
+                        match cmd {
+                            Command::Place(_, tx) => {
+                                let _ = tx.send(Err(err));
+                            }
+                            Command::Act(_, tx) => {
+                                let _ = tx.send(Err(err));
+                            }
+                        }
+                    }
+                }
+            }
+            batch.clear();
+        }
+        tracing::info!("writer stopped: every handle dropped");
+    }
+
+    /// Applies a batch in one transaction and commits it. On error nothing is committed and
+    /// `batch` still holds every command so each can be answered.
+    fn apply(&mut self, batch: &mut Vec<Command>) -> Result<Vec<Pending>, StoreError> {
+        let txn = self.store.db().begin_write().map_err(StoreError::io)?;
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut t = Tables::open(&txn)?;
+            let mut seq = t.meta(EVENT_SEQ)?;
+            for cmd in batch.iter() {
+                let r = match cmd {
+                    Command::Place(req, _) => Outcome::Place(self.place(&mut t, req, &mut seq)?),
+                    Command::Act(req, _) => Outcome::Act(self.act(&mut t, req, &mut seq)?),
+                };
+                results.push(r);
+            }
+            t.set_meta(EVENT_SEQ, seq)?;
+            t.set_meta(CLOCK, self.last_now.max(0) as u64)?;
+        }
+        txn.commit().map_err(StoreError::io)?;
+        Ok(batch
+            .drain(..)
+            .zip(results)
+            .map(|(cmd, r)| match (cmd, r) {
+                (Command::Place(_, tx), Outcome::Place(p)) => Pending::Place(tx, p),
+                (Command::Act(_, tx), Outcome::Act(a)) => Pending::Act(tx, a),
+                // Each command produced the outcome of its own kind above.
+                (Command::Place(_, tx), Outcome::Act(_)) => Pending::Place(tx, Placed::KeyReused),
+                (Command::Act(_, tx), Outcome::Place(_)) => Pending::Act(tx, Acted::NotFound),
+            })
+            .collect())
+    }
+
+    fn record_event(
+        &mut self,
+        t: &mut Tables<'_>,
+        seq: &mut u64,
+        kind: EventKind,
+        order: &Order,
+    ) -> Result<(), StoreError> {
+        *seq += 1;
+        let event = OrderEvent {
+            seq: *seq,
+            kind,
+            customer_id: order.customer_id,
+            dto: OrderStatusBroadcast::of(order, order.updated_at, Some(Uuid::now_v7())),
+        };
+        let bytes = encode(&event)?;
+        t.outbox
+            .insert(*seq, bytes.as_slice())
+            .map_err(StoreError::io)?;
+        if *seq > OUTBOX_KEEP {
+            t.outbox
+                .remove(*seq - OUTBOX_KEEP)
+                .map_err(StoreError::io)?;
+        }
+        self.events.push(Arc::new(event));
+        Ok(())
+    }
+
+    fn place(
+        &mut self,
+        t: &mut Tables<'_>,
+        req: &PlaceRequest,
+        seq: &mut u64,
+    ) -> Result<Placed, StoreError> {
+        if let Some((key, fp)) = &req.idempotency {
+            if let Some(raw) = t.idem.get(key.as_str()).map_err(StoreError::io)? {
+                let rec: IdempotencyRecord = decode(raw.value())?;
+                return Ok(if &rec.fingerprint == fp {
+                    Placed::Replayed(rec.order)
+                } else {
+                    Placed::KeyReused
+                });
+            }
+        }
+        let now = self.now();
+        let year_key = order_seq_key(now.year());
+        let n = t.meta(&year_key)? + 1;
+        t.set_meta(&year_key, n)?;
+        let number = format!("ORD-{}-{:06}", now.year(), n);
+        let mut ids = Uuid::new_v4;
+        let order = req
+            .order
+            .clone()
+            .into_order(Uuid::now_v7(), number, now, &mut ids);
+        t.put_order(&order)?;
+        t.bump_count(order.customer_id, order.status, 1)?;
+        if order.status == OrderStatus::Placed {
+            self.record_event(t, seq, EventKind::OrderPlaced, &order)?;
+        }
+        if let Some((key, fp)) = &req.idempotency {
+            let rec = IdempotencyRecord {
+                fingerprint: *fp,
+                order: order.clone(),
+                created_ms: now.millis(),
+            };
+            let bytes = encode(&rec)?;
+            t.idem
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(StoreError::io)?;
+        }
+        Ok(Placed::Created(order))
+    }
+
+    fn act(
+        &mut self,
+        t: &mut Tables<'_>,
+        req: &ActRequest,
+        seq: &mut u64,
+    ) -> Result<Acted, StoreError> {
+        let Some(raw) = t
+            .orders
+            .get(req.order_id.as_bytes())
+            .map_err(StoreError::io)?
+        else {
+            return Ok(Acted::NotFound);
+        };
+        let mut order: Order = decode(raw.value())?;
+        drop(raw);
+        let caps = req
+            .principal
+            .capacities(order.customer_id, order.restaurant_id);
+        let step = match decide_any(order.status, req.action, &caps) {
+            Ok((_, step)) => step,
+            Err(Refusal::Hidden) => return Ok(Acted::NotFound),
+            Err(Refusal::Forbidden) => return Ok(Acted::Forbidden),
+            Err(r) => {
+                if req
+                    .if_match
+                    .as_ref()
+                    .is_some_and(|v| !v.contains(&order.version))
+                {
+                    return Ok(Acted::PreconditionFailed(order));
+                }
+                return Ok(match r {
+                    Refusal::CustomerCannotCancel => Acted::CustomerCannotCancel(order),
+                    _ => Acted::InvalidStatus(order),
+                });
+            }
+        };
+        if req
+            .if_match
+            .as_ref()
+            .is_some_and(|v| !v.contains(&order.version))
+        {
+            return Ok(Acted::PreconditionFailed(order));
+        }
+        let Step::Move { to, events } = step else {
+            return Ok(Acted::Unchanged(order));
+        };
+        let now = self.now().max(order.updated_at);
+        let old = order.status;
+        order.status = to;
+        order.version += 1;
+        order.updated_at = now;
+        match req.action {
+            Action::Accept => order.estimated_delivery = req.estimated_delivery,
+            Action::Delivered => order.actual_delivery = Some(req.delivered_at.unwrap_or(now)),
+            Action::Cancel | Action::Reject | Action::PaymentFailed => {
+                order.cancellation_reason = req.reason.clone()
+            }
+            _ => {}
+        }
+        t.put_order(&order)?;
+        t.bump_count(order.customer_id, old, -1)?;
+        t.bump_count(order.customer_id, to, 1)?;
+        for kind in events {
+            self.record_event(t, seq, kind, &order)?;
+        }
+        Ok(Acted::Changed(order))
+    }
+}
