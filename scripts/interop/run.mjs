@@ -482,11 +482,20 @@ class Client {
       : builder.withAutomaticReconnect();
     this.conn = builder.build();
     for (const name of EVENT_NAMES) {
-      this.conn.on(name, (...args) => this.events.push({ name, args, dto: args[0], at: Date.now() }));
+      // The handler must return undefined: a returned value would be taken as a client result.
+      this.conn.on(name, (...args) => {
+        this.events.push({ name, args, dto: args[0], at: Date.now() });
+      });
     }
-    this.conn.onreconnecting((e) => this.reconnecting.push(e ?? null));
-    this.conn.onreconnected((id) => this.reconnected.push(id ?? null));
-    this.conn.onclose((e) => this.closed.push(e ?? null));
+    this.conn.onreconnecting((e) => {
+      this.reconnecting.push(e ?? null);
+    });
+    this.conn.onreconnected((id) => {
+      this.reconnected.push(id ?? null);
+    });
+    this.conn.onclose((e) => {
+      this.closed.push(e ?? null);
+    });
   }
 
   async start() {

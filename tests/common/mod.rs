@@ -1,0 +1,256 @@
+//! Test harness shared by the integration tests: starts the real `ordertrack` binary on a free
+//! loopback port with its own data directory and secret, mints tokens, and stops it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ordertrack"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running server; killed (SIGKILL) on drop unless stopped first.
+pub struct Server {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub base: String,
+    pub extra: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts with extra `serve` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Server::spawn_on(free_port(), &dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `port` over an existing data directory.
+    pub fn spawn_on(port: u16, dir: &Path, extra: &[&str]) -> Server {
+        let log = dir.with_extension(format!("{port}.log"));
+        std::fs::create_dir_all(dir).expect("data dir");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--jwt-secret")
+            .arg(SECRET)
+            .args(extra)
+            .env("ORDERTRACK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logfile);
+        let child = cmd.spawn().expect("spawn ordertrack");
+        let s = Server {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+            base: format!("http://127.0.0.1:{port}"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: None,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(format!("{}/readyz", self.base)) {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("server did not become ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts on the same port and data directory (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        let extra: Vec<String> = self.extra.clone();
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut next = Server::spawn_on(self.port, &self.dir, &refs);
+        self.child = next.child.take();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Mints a token through the binary's own `token` command.
+pub fn token(sub: Uuid, roles: &[&str], permissions: &[&str]) -> String {
+    token_ttl(sub, roles, permissions, "1h")
+}
+
+pub fn token_ttl(sub: Uuid, roles: &[&str], permissions: &[&str], ttl: &str) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["token", "--jwt-secret", SECRET, "--sub", &sub.to_string(), "--ttl", ttl]);
+    for r in roles {
+        cmd.args(["--role", r]);
+    }
+    for p in permissions {
+        cmd.args(["--permission", p]);
+    }
+    let out = cmd.output().expect("token command");
+    assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
+/// The cast of a typical scenario: a customer, a restaurant with staff, the order service.
+pub struct Cast {
+    pub customer: Uuid,
+    pub restaurant: Uuid,
+    pub customer_token: String,
+    pub staff_token: String,
+    pub owner_token: String,
+    pub service_token: String,
+    pub admin_token: String,
+    pub stranger_token: String,
+}
+
+impl Cast {
+    pub fn new() -> Cast {
+        let customer = Uuid::new_v4();
+        let restaurant = Uuid::new_v4();
+        Cast {
+            customer,
+            restaurant,
+            customer_token: token(customer, &[], &[]),
+            staff_token: token(Uuid::new_v4(), &[], &[&format!("RestaurantStaff:{restaurant}")]),
+            owner_token: token(Uuid::new_v4(), &[], &[&format!("RestaurantOwner:{restaurant}")]),
+            service_token: token(Uuid::new_v4(), &["OrderService"], &[]),
+            admin_token: token(Uuid::new_v4(), &["Administrator"], &[]),
+            stranger_token: token(Uuid::new_v4(), &[], &[]),
+        }
+    }
+
+    /// A valid order body for this cast.
+    pub fn order_body(&self, payment: &str) -> serde_json::Value {
+        serde_json::json!({
+            "customerId": self.customer,
+            "restaurantId": self.restaurant,
+            "restaurantName": "Luigi's",
+            "currency": "USD",
+            "items": [
+                {"menuItemId": Uuid::new_v4(), "name": "Margherita Pizza", "quantity": 1, "unitPrice": 12.00, "customizations": []},
+                {"menuItemId": Uuid::new_v4(), "name": "Calzone", "quantity": 1, "unitPrice": 15.00,
+                 "customizations": [{"groupName": "Extras", "choiceName": "Olives", "priceAdjustment": 1.50}]}
+            ],
+            "deliveryFee": 2.99, "tip": 4.00, "tax": 0, "discount": 0,
+            "paymentMethod": payment
+        })
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Places an order as the order service and returns its id.
+pub fn place(server: &Server, cast: &Cast, payment: &str) -> Uuid {
+    let r = client()
+        .post(server.url("/api/v1/orders"))
+        .bearer_auth(&cast.service_token)
+        .json(&cast.order_body(payment))
+        .send()
+        .expect("place");
+    assert_eq!(r.status(), 201, "place failed: {:?}", r.text());
+    let v: serde_json::Value = r.json().expect("json");
+    v["order"]["orderId"].as_str().expect("orderId").parse().expect("uuid")
+}
+
+/// POSTs an action with an optional JSON body; returns (status, body json or Null).
+pub fn act(server: &Server, token: &str, id: Uuid, action: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let mut req = client()
+        .post(server.url(&format!("/api/v1/orders/{id}/{action}")))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().expect("act");
+    let status = r.status().as_u16();
+    let v = r.json().unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// An ETA 30 minutes ahead, RFC 3339.
+pub fn eta() -> serde_json::Value {
+    let t = chrono::Utc::now() + chrono::Duration::minutes(30);
+    serde_json::json!({ "estimatedDeliveryTime": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) })
+}
+
+pub fn get_json(server: &Server, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = client().get(server.url(path)).bearer_auth(token).send().expect("get");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(serde_json::Value::Null))
+}
