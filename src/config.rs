@@ -79,6 +79,21 @@ pub struct ServeArgs {
     /// redb page cache in MiB [default: 64].
     #[arg(long, env = "ORDERTRACK_CACHE_MB")]
     pub cache_mb: Option<usize>,
+    /// Hub keep-alive: send a Ping after this many milliseconds without sending [default: 15000].
+    #[arg(long, env = "ORDERTRACK_HUB_KEEPALIVE_MS")]
+    pub hub_keepalive_ms: Option<u64>,
+    /// Hub client timeout: close after this many milliseconds without receiving [default: 30000].
+    #[arg(long, env = "ORDERTRACK_HUB_CLIENT_TIMEOUT_MS")]
+    pub hub_client_timeout_ms: Option<u64>,
+    /// Hub handshake timeout in milliseconds [default: 15000].
+    #[arg(long, env = "ORDERTRACK_HUB_HANDSHAKE_TIMEOUT_MS")]
+    pub hub_handshake_timeout_ms: Option<u64>,
+    /// Frames queued per hub connection before it is closed as a slow consumer [default: 256].
+    #[arg(long, env = "ORDERTRACK_HUB_QUEUE_FRAMES")]
+    pub hub_queue_frames: Option<usize>,
+    /// Most subscriptions one hub connection may hold [default: 100].
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS")]
+    pub hub_max_subscriptions: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -116,6 +131,11 @@ pub struct FileConfig {
     pub max_hub_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub cache_mb: Option<usize>,
+    pub hub_keepalive_ms: Option<u64>,
+    pub hub_client_timeout_ms: Option<u64>,
+    pub hub_handshake_timeout_ms: Option<u64>,
+    pub hub_queue_frames: Option<usize>,
+    pub hub_max_subscriptions: Option<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -152,9 +172,9 @@ pub struct Settings {
     pub dev_secret: bool,
     pub log_format: LogFormat,
     pub max_connections: usize,
-    pub max_hub_connections: usize,
     pub max_connections_per_ip: usize,
     pub cache_mb: usize,
+    pub hub: crate::hub::HubSettings,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -272,15 +292,38 @@ impl Settings {
             dev_secret,
             log_format,
             max_connections: a.max_connections.or(f.max_connections).unwrap_or(19_000),
-            max_hub_connections: a
-                .max_hub_connections
-                .or(f.max_hub_connections)
-                .unwrap_or(18_000),
             max_connections_per_ip: a
                 .max_connections_per_ip
                 .or(f.max_connections_per_ip)
                 .unwrap_or(19_000),
             cache_mb: a.cache_mb.or(f.cache_mb).unwrap_or(64),
+            hub: {
+                let d = crate::hub::HubSettings::default();
+                let ms = std::time::Duration::from_millis;
+                crate::hub::HubSettings {
+                    max_connections: a
+                        .max_hub_connections
+                        .or(f.max_hub_connections)
+                        .unwrap_or(d.max_connections),
+                    keep_alive: a.hub_keepalive_ms.or(f.hub_keepalive_ms).map(ms).unwrap_or(d.keep_alive),
+                    client_timeout: a
+                        .hub_client_timeout_ms
+                        .or(f.hub_client_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.client_timeout),
+                    handshake_timeout: a
+                        .hub_handshake_timeout_ms
+                        .or(f.hub_handshake_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.handshake_timeout),
+                    queue_frames: a.hub_queue_frames.or(f.hub_queue_frames).unwrap_or(d.queue_frames),
+                    max_subscriptions_per_connection: a
+                        .hub_max_subscriptions
+                        .or(f.hub_max_subscriptions)
+                        .unwrap_or(d.max_subscriptions_per_connection),
+                    ..d
+                }
+            },
         })
     }
 }

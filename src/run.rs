@@ -7,7 +7,7 @@ use crate::config::{
 };
 use crate::http::server::{self, Limits};
 use crate::http::App;
-use crate::hub::{HubSettings, Hubs};
+use crate::hub::Hubs;
 use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreSettings, WriterSettings};
 use std::sync::atomic::Ordering;
@@ -72,14 +72,7 @@ async fn serve_async(settings: Settings) -> Result<(), RunError> {
     )?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let hubs = Hubs::new(
-        HubSettings {
-            max_connections: settings.max_hub_connections,
-            ..HubSettings::default()
-        },
-        metrics.clone(),
-        shutdown.child_token(),
-    );
+    let hubs = Hubs::new(settings.hub.clone(), metrics.clone(), shutdown.child_token());
     let (writer, writer_thread) = store::writer::spawn(
         &store,
         WriterSettings::default(),
