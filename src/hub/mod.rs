@@ -155,12 +155,15 @@ impl Hubs {
         self.metrics
             .deliveries
             .fetch_add(delivered, Ordering::Relaxed);
-        if event.is_terminal() {
-            let dropped = self.orders.drop_group(event.order_id());
-            self.metrics
-                .hub_subscriptions
-                .fetch_sub(dropped as i64, Ordering::Relaxed);
-        }
+    }
+
+    /// Drops the group of an order that reached a terminal status. Called after the whole
+    /// batch is delivered: one change can carry two events (PaymentFailed, StatusChanged).
+    fn drop_order_group(&self, order: uuid::Uuid) {
+        let dropped = self.orders.drop_group(order);
+        self.metrics
+            .hub_subscriptions
+            .fetch_sub(dropped as i64, Ordering::Relaxed);
     }
 }
 
@@ -180,6 +183,9 @@ async fn dispatcher(
         let Some(h) = hubs.upgrade() else { break };
         for event in &batch {
             h.deliver(event, &mut scratch);
+        }
+        for event in batch.iter().filter(|e| e.is_terminal()) {
+            h.drop_order_group(event.order_id());
         }
         scratch.clear();
     }
