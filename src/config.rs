@@ -362,6 +362,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_documents_only_real_keys() {
+        let text = include_str!("../config/ordertrack.example.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(f.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(f.hub_queue_frames, Some(256));
+    }
+
+    #[test]
     fn ttl_units() {
         assert_eq!(parse_ttl("90s").unwrap(), 90);
         assert_eq!(parse_ttl("15m").unwrap(), 900);

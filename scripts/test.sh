@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit/property/integration tests through the real
+# binary, the loom model checks of the subscription table, and the interop suite with the
+# official SignalR clients (Node and headless Chromium). CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "test dependencies (npm packages, chromium)"
+bash scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, property, integration; benches run once in test mode)"
+cargo test --all-targets
+
+if [ -f tests/loom_subscriptions.rs ]; then
+  step "loom model checks of the subscription table"
+  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test --release --quiet --test loom_subscriptions
+fi
+
+step "interop with the official @microsoft/signalr client (Node + Chromium)"
+ORDERTRACK_BIN="$PWD/target/debug/ordertrack" bash scripts/interop.sh
+
+step "all green"
