@@ -1,0 +1,617 @@
+//! `ordertrack-load`: a load generator for a running ordertrack server. Scenarios:
+//! - `fanout`: opens C hub connections (each its own customer, subscribed to its own order),
+//!   reports the handshake rate and the server's RSS per connection, then drives W status changes
+//!   per second through the REST API and measures the delay from each change's HTTP answer to its
+//!   arrival at the subscriber (p50, p99, max), lost and duplicated events.
+//! - `write`: concurrent writers advancing orders; durable transitions per second and latency.
+//!
+//! Every run prints a markdown table and the command line that reproduces it.
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use ordertrack::auth::{parse_algorithm, AuthSettings, TokenMinter};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ordertrack-load",
+    about = "Load scenarios against a running ordertrack server"
+)]
+struct Cli {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8080", global = true)]
+    addr: SocketAddr,
+    /// The server's HS256 secret (to mint tokens).
+    #[arg(long, env = "ORDERTRACK_JWT_SECRET", global = true, default_value = "")]
+    secret: String,
+    /// The server's pid, to read its RSS from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Hold C subscribed hub connections and drive status changes through REST.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Status changes per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Total status changes (each order takes up to 4: accept, preparing, ready, delivered).
+        #[arg(long, default_value_t = 2000)]
+        changes: u64,
+        /// Spread client sockets over this many 127.0.0.x source addresses.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// Hub protocol: json or messagepack (messagepack is counted, not decoded).
+        #[arg(long, default_value = "json")]
+        protocol: String,
+    },
+    /// Concurrent writers advancing orders through their life.
+    Write {
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        #[arg(long, default_value_t = 4000)]
+        transitions: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cmdline = std::env::args().collect::<Vec<_>>().join(" ");
+    let result = rt.block_on(async {
+        match &cli.scenario {
+            Scenario::Fanout {
+                connections,
+                rate,
+                changes,
+                sources,
+                protocol,
+            } => fanout(&cli, *connections, *rate, *changes, *sources, protocol).await,
+            Scenario::Write {
+                writers,
+                transitions,
+            } => write(&cli, *writers, *transitions).await,
+        }
+    });
+    match result {
+        Ok(table) => {
+            println!("{table}");
+            println!("\nreproduce: `{cmdline}`");
+        }
+        Err(e) => {
+            eprintln!("ordertrack-load: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+type R<T> = Result<T, String>;
+
+fn minter(secret: &str) -> R<TokenMinter> {
+    let alg = parse_algorithm("HS256").map_err(|e| e.to_string())?;
+    TokenMinter::new(&AuthSettings {
+        algorithm: alg,
+        secret: Some(secret.as_bytes().to_vec()),
+        public_key_pem: None,
+        issuer: None,
+        audience: None,
+        leeway_secs: 30,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Http {
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> R<Http> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Http { sender })
+    }
+
+    async fn post(&mut self, path: &str, token: &str, body: String) -> R<(u16, Bytes)> {
+        let req = Request::post(path)
+            .header("host", "load")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn order_body(customer: Uuid, restaurant: Uuid) -> String {
+    serde_json::json!({
+        "customerId": customer, "restaurantId": restaurant, "restaurantName": "Load",
+        "currency": "USD",
+        "items": [{"menuItemId": Uuid::new_v4(), "name": "Pizza", "quantity": 1, "unitPrice": 12.00}],
+        "deliveryFee": 2.99, "tip": 1, "tax": 0, "discount": 0, "paymentMethod": "CashOnDelivery"
+    })
+    .to_string()
+}
+
+/// Places `n` orders (one customer each) with 32 parallel HTTP connections.
+async fn place_orders(
+    addr: SocketAddr,
+    service: &str,
+    restaurant: Uuid,
+    customers: &[Uuid],
+) -> R<Vec<Uuid>> {
+    let ids = Arc::new(Mutex::new(vec![Uuid::nil(); customers.len()]));
+    let next = Arc::new(AtomicU64::new(0));
+    let customers = Arc::new(customers.to_vec());
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (ids, next, customers, service) = (
+            ids.clone(),
+            next.clone(),
+            customers.clone(),
+            service.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= customers.len() {
+                    return Ok::<(), String>(());
+                }
+                let (st, body) = http
+                    .post(
+                        "/api/v1/orders",
+                        &service,
+                        order_body(customers[i], restaurant),
+                    )
+                    .await?;
+                if st != 201 {
+                    return Err(format!("place answered {st}"));
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let id = v["order"]["orderId"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("no orderId")?;
+                ids.lock().map_err(|_| "lock")?[i] = id;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let v = ids.lock().map_err(|_| "lock")?.clone();
+    Ok(v)
+}
+
+/// An arrival: (connection index, order version, when).
+type Arrival = (usize, u64, Instant);
+
+async fn open_subscriber(
+    addr: SocketAddr,
+    source: IpAddr,
+    token: String,
+    order: Uuid,
+    idx: usize,
+    msgpack: bool,
+    arrivals: mpsc::UnboundedSender<Arrival>,
+) -> R<()> {
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(source, 0))
+        .map_err(|e| e.to_string())?;
+    let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
+    let mut req = format!("ws://{addr}/hubs/customer-orders")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().map_err(|_| "header")?,
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let proto = if msgpack { "messagepack" } else { "json" };
+    ws.send(Message::text(format!(
+        "{{\"protocol\":\"{proto}\",\"version\":1}}\u{1e}"
+    )))
+    .await
+    .map_err(|e| e.to_string())?;
+    let sub = format!("{{\"type\":1,\"invocationId\":\"1\",\"target\":\"SubscribeToOrder\",\"arguments\":[\"{order}\"]}}\u{1e}");
+    if msgpack {
+        // [1, {}, "1", "SubscribeToOrder", [order]] with a varint length prefix.
+        let mut body = Vec::new();
+        let _ = rmp::encode::write_array_len(&mut body, 5);
+        let _ = rmp::encode::write_uint(&mut body, 1);
+        let _ = rmp::encode::write_map_len(&mut body, 0);
+        let _ = rmp::encode::write_str(&mut body, "1");
+        let _ = rmp::encode::write_str(&mut body, "SubscribeToOrder");
+        let _ = rmp::encode::write_array_len(&mut body, 1);
+        let _ = rmp::encode::write_str(&mut body, &order.to_string());
+        let mut framed = vec![body.len() as u8];
+        framed.extend_from_slice(&body);
+        ws.send(Message::binary(framed))
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        ws.send(Message::text(sub))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // Wait for the handshake answer and the completion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    while seen < 2 {
+        let m = tokio::time::timeout_at(deadline.into(), ws.next())
+            .await
+            .map_err(|_| "subscribe timeout")?;
+        match m {
+            Some(Ok(Message::Text(t))) => seen += t.as_str().matches('\u{1e}').count(),
+            Some(Ok(Message::Binary(_))) => seen += 1,
+            Some(Ok(_)) => {}
+            _ => return Err("closed during subscribe".into()),
+        }
+    }
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = ping.tick() => {
+                    let p = if msgpack { Message::binary(vec![2u8, 0x91, 0x06]) } else { Message::text("{\"type\":6}\u{1e}") };
+                    if ws.send(p).await.is_err() { return; }
+                }
+                m = ws.next() => match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let now = Instant::now();
+                        for rec in t.as_str().split('\u{1e}').filter(|r| r.contains("\"type\":1")) {
+                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(rec) {
+                                if let Some(ver) = v["arguments"][0]["version"].as_u64() {
+                                    let _ = arrivals.send((idx, ver, now));
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        let now = Instant::now();
+                        if b.as_ref() != [2u8, 0x91, 0x06] {
+                            let _ = arrivals.send((idx, 0, now));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn fanout(
+    cli: &Cli,
+    c: usize,
+    rate: u64,
+    changes: u64,
+    sources: u8,
+    protocol: &str,
+) -> R<String> {
+    let msgpack = protocol == "messagepack";
+    let m = minter(&cli.secret)?;
+    let restaurant = Uuid::new_v4();
+    let service = m
+        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
+        .map_err(|e| e.to_string())?;
+    let staff = m
+        .mint(
+            Uuid::new_v4(),
+            &[],
+            &[format!("RestaurantStaff:{restaurant}")],
+            3600,
+        )
+        .map_err(|e| e.to_string())?;
+    let customers: Vec<Uuid> = (0..c).map(|_| Uuid::new_v4()).collect();
+    let t0 = Instant::now();
+    let orders = place_orders(cli.addr, &service, restaurant, &customers).await?;
+    let place_secs = t0.elapsed().as_secs_f64();
+    let rss_before = rss_kib(cli.server_pid);
+    let (atx, mut arx) = mpsc::unbounded_channel::<Arrival>();
+    let sem = Arc::new(Semaphore::new(256));
+    let t1 = Instant::now();
+    let mut tasks = Vec::with_capacity(c);
+    for (i, (cust, order)) in customers.iter().zip(&orders).enumerate() {
+        let token = m.mint(*cust, &[], &[], 3600).map_err(|e| e.to_string())?;
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (i % sources.max(1) as usize) as u8,
+        ));
+        let (addr, order, atx) = (cli.addr, *order, atx.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = open_subscriber(addr, source, token, order, i, msgpack, atx).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    let connect_secs = t1.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(cli.server_pid);
+    // Drive changes at `rate` per second over 32 HTTP connections.
+    let actions = ["accept", "preparing", "ready", "delivered"];
+    let changes = changes.min(c as u64 * 4);
+    let acks: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let (jtx, jrx) = mpsc::channel::<(usize, usize)>(1024);
+    let jrx = Arc::new(tokio::sync::Mutex::new(jrx));
+    let errors = Arc::new(AtomicU64::new(0));
+    let eta = (chrono::Utc::now() + chrono::Duration::minutes(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (jrx, acks, orders, staff, errors, eta) = (
+            jrx.clone(),
+            acks.clone(),
+            orders.clone(),
+            staff.clone(),
+            errors.clone(),
+            eta.clone(),
+        );
+        let addr = cli.addr;
+        workers.push(tokio::spawn(async move {
+            let Ok(mut http) = Http::connect(addr).await else {
+                return;
+            };
+            loop {
+                let job = { jrx.lock().await.recv().await };
+                let Some((idx, step)) = job else { return };
+                let body = if step == 0 {
+                    format!("{{\"estimatedDeliveryTime\":\"{eta}\"}}")
+                } else {
+                    "{}".into()
+                };
+                let path = format!("/api/v1/orders/{}/{}", orders[idx], actions[step]);
+                match http.post(&path, &staff, body).await {
+                    Ok((200, _)) => {
+                        if let Ok(mut a) = acks.lock() {
+                            a.insert((idx, step as u64 + 2), Instant::now());
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let t2 = Instant::now();
+    for k in 0..changes {
+        let due = t2 + Duration::from_secs_f64(k as f64 / rate.max(1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let idx = (k % c as u64) as usize;
+        let step = (k / c as u64) as usize;
+        if jtx.send((idx, step)).await.is_err() {
+            break;
+        }
+    }
+    drop(jtx);
+    for w in workers {
+        let _ = w.await;
+    }
+    let drive_secs = t2.elapsed().as_secs_f64();
+    // Collect arrivals until quiet.
+    let mut arrivals: Vec<Arrival> = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), arx.recv()).await {
+            Ok(Some(a)) => arrivals.push(a),
+            _ => break,
+        }
+    }
+    let acks = acks.lock().map_err(|_| "lock")?.clone();
+    let mut seen: HashMap<(usize, u64), u32> = HashMap::new();
+    let mut lat_ms = Vec::new();
+    for (idx, ver, at) in &arrivals {
+        *seen.entry((*idx, *ver)).or_default() += 1;
+        if let Some(ack) = acks.get(&(*idx, *ver)) {
+            let d = if at >= ack {
+                at.duration_since(*ack).as_secs_f64()
+            } else {
+                -ack.duration_since(*at).as_secs_f64()
+            };
+            lat_ms.push(d * 1000.0);
+        }
+    }
+    lat_ms.sort_by(|a, b| a.total_cmp(b));
+    let (lost, dup) = if msgpack {
+        let got = arrivals.len() as i64;
+        (
+            (acks.len() as i64 - got).max(0),
+            (got - acks.len() as i64).max(0),
+        )
+    } else {
+        let lost = acks.keys().filter(|k| !seen.contains_key(k)).count() as i64;
+        let dup = seen.values().map(|n| (*n as i64) - 1).sum::<i64>();
+        (lost, dup)
+    };
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if c > 0 => format!("{:.1} KiB", (a as f64 - b as f64) / c as f64),
+        _ => "n/a (pass --server-pid)".into(),
+    };
+    let mut t = String::new();
+    t.push_str("| metric | value |\n|---|---|\n");
+    t.push_str(&format!("| protocol | {protocol} |\n"));
+    t.push_str(&format!(
+        "| orders placed | {c} in {place_secs:.2} s ({:.0}/s) |\n",
+        c as f64 / place_secs
+    ));
+    t.push_str(&format!(
+        "| hub connections (subscribed) | {} ok, {failed} failed |\n",
+        c - failed
+    ));
+    t.push_str(&format!(
+        "| connect+handshake+subscribe rate | {:.0}/s |\n",
+        c as f64 / connect_secs
+    ));
+    t.push_str(&format!(
+        "| server RSS before / after connections | {} / {} KiB |\n",
+        rss_before.map(|v| v.to_string()).unwrap_or("n/a".into()),
+        rss_after.map(|v| v.to_string()).unwrap_or("n/a".into())
+    ));
+    t.push_str(&format!(
+        "| server RSS per subscribed connection | {per_conn} |\n"
+    ));
+    t.push_str(&format!("| status changes answered 2xx | {} of {changes} ({} errors) in {drive_secs:.2} s ({:.0}/s) |\n",
+        acks.len(), errors.load(Ordering::Relaxed), acks.len() as f64 / drive_secs));
+    t.push_str(&format!("| events received | {} |\n", arrivals.len()));
+    t.push_str(&format!(
+        "| latency HTTP answer → arrival p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
+        percentile(&lat_ms, 0.5),
+        percentile(&lat_ms, 0.99),
+        lat_ms.last().copied().unwrap_or(f64::NAN)
+    ));
+    t.push_str(&format!("| lost / duplicated | {lost} / {dup} |\n"));
+    Ok(t)
+}
+
+async fn write(cli: &Cli, writers: usize, transitions: u64) -> R<String> {
+    let m = minter(&cli.secret)?;
+    let restaurant = Uuid::new_v4();
+    let service = m
+        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
+        .map_err(|e| e.to_string())?;
+    let staff = m
+        .mint(
+            Uuid::new_v4(),
+            &[],
+            &[format!("RestaurantStaff:{restaurant}")],
+            3600,
+        )
+        .map_err(|e| e.to_string())?;
+    let n_orders = (transitions / 4).max(1) as usize;
+    let customers: Vec<Uuid> = (0..n_orders).map(|_| Uuid::new_v4()).collect();
+    let orders = Arc::new(place_orders(cli.addr, &service, restaurant, &customers).await?);
+    let eta = (chrono::Utc::now() + chrono::Duration::minutes(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (orders, next, lat, staff, eta) = (
+            orders.clone(),
+            next.clone(),
+            lat.clone(),
+            staff.clone(),
+            eta.clone(),
+        );
+        let addr = cli.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            let actions = ["accept", "preparing", "ready", "delivered"];
+            // Each writer owns the orders i ≡ w (mod writers) and walks each through its life.
+            let _ = next;
+            let mut i = w;
+            while i < orders.len() {
+                for (step, a) in actions.iter().enumerate() {
+                    let body = if step == 0 {
+                        format!("{{\"estimatedDeliveryTime\":\"{eta}\"}}")
+                    } else {
+                        "{}".into()
+                    };
+                    let s = Instant::now();
+                    let (st, _) = http
+                        .post(&format!("/api/v1/orders/{}/{a}", orders[i]), &staff, body)
+                        .await?;
+                    if st != 200 {
+                        return Err(format!("{a} answered {st}"));
+                    }
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(s.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                i += writers;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mut l = lat.lock().map_err(|_| "lock")?.clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    Ok(format!(
+        "| metric | value |\n|---|---|\n| writers | {writers} |\n| durable transitions | {} in {secs:.2} s |\n| transitions/s | {:.0} |\n| latency p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
+        l.len(),
+        l.len() as f64 / secs,
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(f64::NAN)
+    ))
+}
