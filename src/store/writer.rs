@@ -87,7 +87,7 @@ pub enum Acted {
 }
 
 enum Command {
-    Place(PlaceRequest, oneshot::Sender<Result<Placed, StoreError>>),
+    Place(Box<PlaceRequest>, oneshot::Sender<Result<Placed, StoreError>>),
     Act(ActRequest, oneshot::Sender<Result<Acted, StoreError>>),
 }
 
@@ -101,7 +101,7 @@ impl WriterHandle {
     pub async fn place(&self, req: PlaceRequest) -> Result<Placed, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Place(req, tx))
+            .send(Command::Place(Box::new(req), tx))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
