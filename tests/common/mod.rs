@@ -254,3 +254,240 @@ pub fn get_json(server: &Server, token: &str, path: &str) -> (u16, serde_json::V
     let status = r.status().as_u16();
     (status, r.json().unwrap_or(serde_json::Value::Null))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the API tests (api_*.rs, durability.rs): whole answers, problems, raw HTTP.
+// ---------------------------------------------------------------------------------------------
+
+/// A whole HTTP answer: status, headers and the raw body text.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {}", self.status, self.headers, self.text)
+    }
+}
+
+/// Sends a request and keeps everything of the answer.
+pub fn send(req: reqwest::blocking::RequestBuilder) -> Reply {
+    let r = req.send().expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().expect("body");
+    Reply {
+        status,
+        headers,
+        text,
+    }
+}
+
+/// `GET path` with a bearer token and extra headers.
+pub fn get_with(server: &Server, token: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = client().get(server.url(path)).bearer_auth(token);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req)
+}
+
+/// `POST path` with raw bytes, an optional content type and extra headers.
+pub fn post_raw(
+    server: &Server,
+    token: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = client()
+        .post(server.url(path))
+        .bearer_auth(token)
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req)
+}
+
+/// `POST path` with a JSON body and extra headers.
+pub fn post_json(
+    server: &Server,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Reply {
+    post_raw(
+        server,
+        token,
+        path,
+        Some("application/json"),
+        serde_json::to_vec(body).expect("json"),
+        headers,
+    )
+}
+
+/// Places `body` as the order service; the whole answer.
+pub fn place_body(server: &Server, cast: &Cast, body: &serde_json::Value) -> Reply {
+    post_json(server, &cast.service_token, "/api/v1/orders", body, &[])
+}
+
+/// Checks that `r` is an RFC 7807 problem with its status mirrored in the body; returns
+/// `(status, title, detail)`.
+pub fn problem(r: &Reply) -> (u16, String, String) {
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "not a problem answer: {r:?}"
+    );
+    let v = r.json();
+    assert_eq!(
+        v["status"], r.status,
+        "problem status mirrors HTTP status: {r:?}"
+    );
+    assert!(v["type"].is_string(), "problem has a type: {r:?}");
+    assert!(v["traceId"].is_string(), "problem has a traceId: {r:?}");
+    (
+        r.status,
+        v["title"].as_str().expect("title").to_string(),
+        v["detail"].as_str().expect("detail").to_string(),
+    )
+}
+
+/// The problem body without its `traceId`, for comparing masked answers.
+pub fn problem_sans_trace(r: &Reply) -> serde_json::Value {
+    problem(r);
+    let mut v = r.json();
+    v.as_object_mut().expect("object").remove("traceId");
+    v
+}
+
+/// An RFC 3339 time `minutes` from now (negative: in the past).
+pub fn in_minutes(minutes: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses an RFC 3339 timestamp of an answer, insisting on UTC with `Z`.
+pub fn utc(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp expected, got {v}"));
+    assert!(s.ends_with('Z'), "timestamp must be UTC with Z: {s}");
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("bad RFC 3339 '{s}': {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// Places an order (`Card` for `AwaitingPayment`, cash otherwise) and drives it to `status`
+/// with the cast's staff and service tokens; returns its id.
+pub fn order_in(server: &Server, cast: &Cast, status: &str) -> Uuid {
+    let payment = if status == "AwaitingPayment" {
+        "Card"
+    } else {
+        "CashOnDelivery"
+    };
+    let id = place(server, cast, payment);
+    let steps: &[(&str, Option<serde_json::Value>)] = match status {
+        "AwaitingPayment" | "Placed" => &[],
+        "Accepted" => &[("accept", Some(eta()))],
+        "Preparing" => &[("accept", Some(eta())), ("preparing", None)],
+        "ReadyForDelivery" => &[
+            ("accept", Some(eta())),
+            ("preparing", None),
+            ("ready", None),
+        ],
+        "Delivered" => &[
+            ("accept", Some(eta())),
+            ("preparing", None),
+            ("ready", None),
+            ("delivered", None),
+        ],
+        "Cancelled" => &[("cancel", None)],
+        "Rejected" => &[("reject", None)],
+        other => panic!("unknown status {other}"),
+    };
+    for (action, body) in steps {
+        let (st, v) = act(server, &cast.staff_token, id, action, body.clone());
+        assert_eq!(st, 200, "{action} while driving to {status}: {v}");
+    }
+    let (_, v) = get_json(
+        server,
+        &cast.staff_token,
+        &format!("/api/v1/orders/{id}/status"),
+    );
+    assert_eq!(v["status"], status, "driving to {status}");
+    id
+}
+
+/// Writes `request` on a fresh connection and reads the status line and headers of the answer
+/// (and any body bytes that arrive before `timeout`). `None` when the server closed the
+/// connection without answering.
+pub fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    let _ = s.write_all(request);
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let end = line == "\r\n";
+                head.push_str(&line);
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+    if head.is_empty() {
+        return None;
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    head.push_str(&String::from_utf8_lossy(&body));
+    Some(head)
+}
+
+/// Runs `ordertrack token --jwt-secret SECRET <args>`; the whole process output.
+pub fn token_command(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(["token", "--jwt-secret", SECRET])
+        .args(args)
+        .output()
+        .expect("token command")
+}
+
+pub mod hub;
