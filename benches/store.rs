@@ -31,7 +31,12 @@ fn order(customer: Uuid) -> NewOrder {
 }
 
 /// Places `n` orders from `concurrency` tasks; returns the elapsed time.
-fn place_many(rt: &tokio::runtime::Runtime, max_batch: usize, n: u64, concurrency: u64) -> Duration {
+fn place_many(
+    rt: &tokio::runtime::Runtime,
+    max_batch: usize,
+    n: u64,
+    concurrency: u64,
+) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &StoreSettings::default()).expect("open");
     let (handle, join) = writer::spawn(
@@ -135,8 +140,13 @@ fn reads(c: &mut Criterion) {
     drop(handle);
     let _ = join.join();
     let mut g = c.benchmark_group("reads");
-    g.bench_function("status_read", |b| b.iter(|| store.get_order(small_id).expect("read")));
-    for (name, customer) in [("history_page1_10_orders", small), ("history_page1_10000_orders", big)] {
+    g.bench_function("status_read", |b| {
+        b.iter(|| store.get_order(small_id).expect("read"))
+    });
+    for (name, customer) in [
+        ("history_page1_10_orders", small),
+        ("history_page1_10000_orders", big),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| store.history(customer, None, 1, 10).expect("history"))
         });

@@ -110,7 +110,7 @@ pub struct TokenArgs {
     #[arg(long = "permission")]
     pub permissions: Vec<String>,
     /// Lifetime, e.g. 90s, 15m, 1h, 7d [default: 1h].
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value = "1h", allow_hyphen_values = true)]
     pub ttl: String,
 }
 
@@ -305,7 +305,11 @@ impl Settings {
                         .max_hub_connections
                         .or(f.max_hub_connections)
                         .unwrap_or(d.max_connections),
-                    keep_alive: a.hub_keepalive_ms.or(f.hub_keepalive_ms).map(ms).unwrap_or(d.keep_alive),
+                    keep_alive: a
+                        .hub_keepalive_ms
+                        .or(f.hub_keepalive_ms)
+                        .map(ms)
+                        .unwrap_or(d.keep_alive),
                     client_timeout: a
                         .hub_client_timeout_ms
                         .or(f.hub_client_timeout_ms)
@@ -316,7 +320,10 @@ impl Settings {
                         .or(f.hub_handshake_timeout_ms)
                         .map(ms)
                         .unwrap_or(d.handshake_timeout),
-                    queue_frames: a.hub_queue_frames.or(f.hub_queue_frames).unwrap_or(d.queue_frames),
+                    queue_frames: a
+                        .hub_queue_frames
+                        .or(f.hub_queue_frames)
+                        .unwrap_or(d.queue_frames),
                     max_subscriptions_per_connection: a
                         .hub_max_subscriptions
                         .or(f.hub_max_subscriptions)

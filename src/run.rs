@@ -72,7 +72,11 @@ async fn serve_async(settings: Settings) -> Result<(), RunError> {
     )?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let hubs = Hubs::new(settings.hub.clone(), metrics.clone(), shutdown.child_token());
+    let hubs = Hubs::new(
+        settings.hub.clone(),
+        metrics.clone(),
+        shutdown.child_token(),
+    );
     let (writer, writer_thread) = store::writer::spawn(
         &store,
         WriterSettings::default(),

@@ -240,6 +240,12 @@ impl NewOrder {
         for key in top.unknown_keys() {
             push(e, &key, "is not a known field");
         }
+        if let (Some(items), Some(discount)) = (&items, discount) {
+            let subtotal: Decimal = items.iter().map(NewItem::line_total).sum();
+            if discount > subtotal {
+                push(e, "discount", "must not exceed the subtotal");
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -278,10 +284,6 @@ impl NewOrder {
             applied_coupon_id,
             source_team_cart_id,
         };
-        if order.discount > order.subtotal() {
-            push(&mut errors, "discount", "must not exceed the subtotal");
-            return Err(errors);
-        }
         Ok(order)
     }
 }

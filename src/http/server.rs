@@ -150,9 +150,10 @@ pub async fn run(
         let app = app.clone();
         let builder = builder.clone();
         let first_byte = limits.first_byte;
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             serve_one(
-                stream, peer, app, builder, watcher, first_byte, permit, slot,
+                stream, peer, app, builder, watcher, first_byte, stop, permit, slot,
             )
             .await;
         });
@@ -175,11 +176,17 @@ async fn serve_one(
     builder: Arc<Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     first_byte: Duration,
+    stop: CancellationToken,
     permit: OwnedSemaphorePermit,
     slot: IpSlot,
 ) {
     let mut probe = [0u8; 1];
-    match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+    // A connection that has not sent its first byte has nothing to drain on shutdown.
+    let first = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => r,
+    };
+    match first {
         Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
