@@ -467,11 +467,8 @@ async fn fanout(
     let drive_secs = t2.elapsed().as_secs_f64();
     // Collect arrivals until quiet.
     let mut arrivals: Vec<Arrival> = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), arx.recv()).await {
-            Ok(Some(a)) => arrivals.push(a),
-            _ => break,
-        }
+    while let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(2), arx.recv()).await {
+        arrivals.push(a);
     }
     let acks = acks.lock().map_err(|_| "lock")?.clone();
     let mut seen: HashMap<(usize, u64), u32> = HashMap::new();

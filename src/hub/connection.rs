@@ -130,12 +130,14 @@ struct Conn {
     restaurants: Vec<Uuid>,
     /// When a completion was last written (completions bypass the queue).
     last_reply: Instant,
+    /// The client timeout is armed by the client's first Ping.
+    client_pinged: bool,
 }
 
 pub async fn run(app: Arc<App>, upgraded: Upgraded, kind: HubKind, principal: Principal, id: u64) {
     let s = &app.hubs.settings;
     let cfg = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(s.max_message))
@@ -163,6 +165,7 @@ pub async fn run(app: Arc<App>, upgraded: Upgraded, kind: HubKind, principal: Pr
         orders: Vec::new(),
         restaurants: Vec::new(),
         last_reply: Instant::now(),
+        client_pinged: false,
     };
     let mut decoder = Decoder::with_max_message_size(protocol, s.max_message);
     decoder.push(&rest);
@@ -294,7 +297,8 @@ impl Conn {
                     last_sent = last_sent.max(self.last_reply);
                 }
                 _ = tick.tick() => {
-                    if last_recv.elapsed() >= s.client_timeout {
+                    // Armed only once the client has pinged: older clients never ping.
+                    if self.client_pinged && last_recv.elapsed() >= s.client_timeout {
                         tracing::info!("client timeout: nothing received, closing");
                         close(ws, self.protocol, Some("Server timeout elapsed without receiving a message from the client."), false).await;
                         return;
@@ -413,6 +417,10 @@ impl Conn {
                 let bytes = self.completion(&invocation_id, Outcome::Error(&text));
                 self.reply(ws, bytes).await
             }
+            ClientMessage::Ping => {
+                self.client_pinged = true;
+                Next::Continue
+            }
             ClientMessage::Close { .. } => {
                 let _ = ws.close(None).await;
                 Next::Stop
@@ -438,8 +446,8 @@ impl Conn {
         match method {
             Method::SubscribeToOrder => self.subscribe_order(target, id).map(Some),
             Method::UnsubscribeFromOrder => {
+                self.orders.retain(|o| *o != id);
                 if self.hubs().orders.unsubscribe(id, self.id) {
-                    self.orders.retain(|o| *o != id);
                     self.hubs()
                         .metrics
                         .hub_subscriptions
@@ -478,8 +486,8 @@ impl Conn {
                 Ok(None)
             }
             Method::UnsubscribeFromRestaurant => {
+                self.restaurants.retain(|r| *r != id);
                 if self.hubs().restaurants.unsubscribe(id, self.id) {
-                    self.restaurants.retain(|r| *r != id);
                     self.hubs()
                         .metrics
                         .hub_subscriptions
@@ -490,7 +498,12 @@ impl Conn {
         }
     }
 
-    fn subscription_count(&self) -> usize {
+    /// Live subscriptions. Orders whose group was dropped after a terminal event no longer
+    /// count (the table is the truth; the connection's list is pruned here).
+    fn subscription_count(&mut self) -> usize {
+        let hubs = self.app.hubs.clone();
+        let id = self.id;
+        self.orders.retain(|o| hubs.orders.is_subscribed(*o, id));
         self.orders.len() + self.restaurants.len()
     }
 
@@ -530,6 +543,17 @@ impl Conn {
             Ok(Some(o)) => o,
             _ => order,
         };
+        if order.status.is_terminal() {
+            // It finished in between; its group may already have been dropped, so do not
+            // leave a subscription that nothing would ever remove.
+            self.orders.retain(|o| *o != id);
+            if self.hubs().orders.unsubscribe(id, self.id) {
+                self.hubs()
+                    .metrics
+                    .hub_subscriptions
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         Ok(OrderStatusBroadcast::of(&order, now, None))
     }
 

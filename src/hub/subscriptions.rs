@@ -42,6 +42,11 @@ impl<H: Clone> SubscriptionTable<H> {
         }
         removed
     }
+    pub fn is_subscribed(&self, key: Uuid, conn: u64) -> bool {
+        self.shard(key)
+            .get(&key)
+            .is_some_and(|g| g.iter().any(|(c, _)| *c == conn))
+    }
     pub fn drop_group(&self, key: Uuid) -> usize {
         self.shard(key).remove(&key).map(|g| g.len()).unwrap_or(0)
     }
