@@ -86,9 +86,54 @@ pub enum Acted {
     PreconditionFailed(Order),
 }
 
+/// A queued request, its reply channel, and (once applied) the answer waiting for the commit.
+struct Job<Req, Res> {
+    req: Req,
+    reply: oneshot::Sender<Result<Res, StoreError>>,
+    answer: Option<Res>,
+}
+
+impl<Req, Res> Job<Req, Res> {
+    fn new(req: Req, reply: oneshot::Sender<Result<Res, StoreError>>) -> Self {
+        Job {
+            req,
+            reply,
+            answer: None,
+        }
+    }
+
+    /// Sends the answer recorded before the commit.
+    fn finish(self) {
+        let result = self
+            .answer
+            .ok_or_else(|| StoreError::Unavailable("request was not applied".into()));
+        let _ = self.reply.send(result);
+    }
+
+    fn fail(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
 enum Command {
-    Place(Box<PlaceRequest>, oneshot::Sender<Result<Placed, StoreError>>),
-    Act(ActRequest, oneshot::Sender<Result<Acted, StoreError>>),
+    Place(Box<Job<PlaceRequest, Placed>>),
+    Act(Job<ActRequest, Acted>),
+}
+
+impl Command {
+    fn finish(self) {
+        match self {
+            Command::Place(j) => j.finish(),
+            Command::Act(j) => j.finish(),
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Command::Place(j) => j.fail(e),
+            Command::Act(j) => j.fail(e),
+        }
+    }
 }
 
 /// The async side of the writer: cheap to clone.
@@ -101,7 +146,7 @@ impl WriterHandle {
     pub async fn place(&self, req: PlaceRequest) -> Result<Placed, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Place(Box::new(req), tx))
+            .send(Command::Place(Box::new(Job::new(req, tx))))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
@@ -110,7 +155,7 @@ impl WriterHandle {
     pub async fn act(&self, req: ActRequest) -> Result<Acted, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Act(req, tx))
+            .send(Command::Act(Job::new(req, tx)))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
@@ -132,17 +177,6 @@ pub fn spawn(
         .spawn(move || writer.run(rx, sink, observer))
         .map_err(StoreError::io)?;
     Ok((WriterHandle { tx }, join))
-}
-
-enum Outcome {
-    Place(Placed),
-    Act(Acted),
-}
-
-/// Result of one command inside a batch, answered after the commit.
-enum Pending {
-    Place(oneshot::Sender<Result<Placed, StoreError>>, Placed),
-    Act(oneshot::Sender<Result<Acted, StoreError>>, Acted),
 }
 
 struct Tables<'t> {
@@ -266,22 +300,15 @@ impl Writer {
             let started = Instant::now();
             let saved_clock = self.last_now;
             match self.apply(&mut batch) {
-                Ok(pending) => {
+                Ok(()) => {
                     if let Some(o) = &observer {
                         o.batch_committed(size, started.elapsed().as_secs_f64());
                     }
                     if !self.events.is_empty() {
                         sink.publish(std::mem::take(&mut self.events));
                     }
-                    for p in pending {
-                        match p {
-                            Pending::Place(tx, r) => {
-                                let _ = tx.send(Ok(r));
-                            }
-                            Pending::Act(tx, r) => {
-                                let _ = tx.send(Ok(r));
-                            }
-                        }
+                    for cmd in batch.drain(..) {
+                        cmd.finish();
                     }
                 }
                 Err(e) => {
@@ -289,15 +316,7 @@ impl Writer {
                     self.events.clear();
                     tracing::error!(error = %e, batch = size, "write batch failed; answering 503");
                     for cmd in batch.drain(..) {
-                        let err = StoreError::Unavailable(e.to_string());
-                        match cmd {
-                            Command::Place(_, tx) => {
-                                let _ = tx.send(Err(err));
-                            }
-                            Command::Act(_, tx) => {
-                                let _ = tx.send(Err(err));
-                            }
-                        }
+                        cmd.fail(StoreError::Unavailable(e.to_string()));
                     }
                 }
             }
@@ -306,36 +325,28 @@ impl Writer {
         tracing::info!("writer stopped: every handle dropped");
     }
 
-    /// Applies a batch in one transaction and commits it. On error nothing is committed and
-    /// `batch` still holds every command so each can be answered.
-    fn apply(&mut self, batch: &mut Vec<Command>) -> Result<Vec<Pending>, StoreError> {
+    /// Applies a batch in one transaction and commits it, recording each command's answer.
+    /// Answers are only sent by the caller, after this returned `Ok` (the commit is durable).
+    fn apply(&mut self, batch: &mut [Command]) -> Result<(), StoreError> {
         let txn = self.store.db().begin_write().map_err(StoreError::io)?;
-        let mut results = Vec::with_capacity(batch.len());
         {
             let mut t = Tables::open(&txn)?;
             let mut seq = t.meta(EVENT_SEQ)?;
-            for cmd in batch.iter() {
-                let r = match cmd {
-                    Command::Place(req, _) => Outcome::Place(self.place(&mut t, req, &mut seq)?),
-                    Command::Act(req, _) => Outcome::Act(self.act(&mut t, req, &mut seq)?),
-                };
-                results.push(r);
+            for cmd in batch.iter_mut() {
+                match cmd {
+                    Command::Place(job) => {
+                        job.answer = Some(self.place(&mut t, &job.req, &mut seq)?);
+                    }
+                    Command::Act(job) => {
+                        job.answer = Some(self.act(&mut t, &job.req, &mut seq)?);
+                    }
+                }
             }
             t.set_meta(EVENT_SEQ, seq)?;
             t.set_meta(CLOCK, self.last_now.max(0) as u64)?;
         }
         txn.commit().map_err(StoreError::io)?;
-        Ok(batch
-            .drain(..)
-            .zip(results)
-            .map(|(cmd, r)| match (cmd, r) {
-                (Command::Place(_, tx), Outcome::Place(p)) => Pending::Place(tx, p),
-                (Command::Act(_, tx), Outcome::Act(a)) => Pending::Act(tx, a),
-                // Each command produced the outcome of its own kind above.
-                (Command::Place(_, tx), Outcome::Act(_)) => Pending::Place(tx, Placed::KeyReused),
-                (Command::Act(_, tx), Outcome::Place(_)) => Pending::Act(tx, Acted::NotFound),
-            })
-            .collect())
+        Ok(())
     }
 
     fn record_event(
