@@ -114,7 +114,10 @@ impl Server {
     /// SIGTERM and wait for exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -151,7 +154,15 @@ pub fn token(sub: Uuid, roles: &[&str], permissions: &[&str]) -> String {
 
 pub fn token_ttl(sub: Uuid, roles: &[&str], permissions: &[&str], ttl: &str) -> String {
     let mut cmd = Command::new(bin());
-    cmd.args(["token", "--jwt-secret", SECRET, "--sub", &sub.to_string(), "--ttl", ttl]);
+    cmd.args([
+        "token",
+        "--jwt-secret",
+        SECRET,
+        "--sub",
+        &sub.to_string(),
+        "--ttl",
+        ttl,
+    ]);
     for r in roles {
         cmd.args(["--role", r]);
     }
@@ -159,8 +170,15 @@ pub fn token_ttl(sub: Uuid, roles: &[&str], permissions: &[&str], ttl: &str) -> 
         cmd.args(["--permission", p]);
     }
     let out = cmd.output().expect("token command");
-    assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 /// The cast of a typical scenario: a customer, a restaurant with staff, the order service.
@@ -183,8 +201,16 @@ impl Cast {
             customer,
             restaurant,
             customer_token: token(customer, &[], &[]),
-            staff_token: token(Uuid::new_v4(), &[], &[&format!("RestaurantStaff:{restaurant}")]),
-            owner_token: token(Uuid::new_v4(), &[], &[&format!("RestaurantOwner:{restaurant}")]),
+            staff_token: token(
+                Uuid::new_v4(),
+                &[],
+                &[&format!("RestaurantStaff:{restaurant}")],
+            ),
+            owner_token: token(
+                Uuid::new_v4(),
+                &[],
+                &[&format!("RestaurantOwner:{restaurant}")],
+            ),
             service_token: token(Uuid::new_v4(), &["OrderService"], &[]),
             admin_token: token(Uuid::new_v4(), &["Administrator"], &[]),
             stranger_token: token(Uuid::new_v4(), &[], &[]),
@@ -226,11 +252,21 @@ pub fn place(server: &Server, cast: &Cast, payment: &str) -> Uuid {
         .expect("place");
     assert_eq!(r.status(), 201, "place failed: {:?}", r.text());
     let v: serde_json::Value = r.json().expect("json");
-    v["order"]["orderId"].as_str().expect("orderId").parse().expect("uuid")
+    v["order"]["orderId"]
+        .as_str()
+        .expect("orderId")
+        .parse()
+        .expect("uuid")
 }
 
 /// POSTs an action with an optional JSON body; returns (status, body json or Null).
-pub fn act(server: &Server, token: &str, id: Uuid, action: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub fn act(
+    server: &Server,
+    token: &str,
+    id: Uuid,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut req = client()
         .post(server.url(&format!("/api/v1/orders/{id}/{action}")))
         .bearer_auth(token);
@@ -250,7 +286,11 @@ pub fn eta() -> serde_json::Value {
 }
 
 pub fn get_json(server: &Server, token: &str, path: &str) -> (u16, serde_json::Value) {
-    let r = client().get(server.url(path)).bearer_auth(token).send().expect("get");
+    let r = client()
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .expect("get");
     let status = r.status().as_u16();
     (status, r.json().unwrap_or(serde_json::Value::Null))
 }
