@@ -122,7 +122,8 @@ impl HandshakeParser {
         }
     }
 
-    /// Adds `chunk` and tries to complete the handshake.
+    /// Adds `chunk` and tries to complete the handshake. Only the handshake's own bytes are
+    /// buffered; after `Done` the parser is empty again.
     pub fn feed<'a>(&mut self, chunk: &'a [u8]) -> Result<HandshakeProgress<'a>, HandshakeError> {
         match chunk.iter().position(|&b| b == RECORD_SEPARATOR) {
             Some(i) => {
@@ -150,6 +151,19 @@ impl HandshakeParser {
                 Ok(HandshakeProgress::NeedMore)
             }
         }
+    }
+}
+
+/// Stateless form for a caller that keeps all received bytes itself: parses the handshake
+/// from the start of `received` and returns it with the bytes after its `0x1E`, or `Ok(None)`
+/// if no `0x1E` arrived yet (and no more than `max` bytes did).
+pub fn parse_handshake(
+    received: &[u8],
+    max: usize,
+) -> Result<Option<(HandshakeRequest, &[u8])>, HandshakeError> {
+    match HandshakeParser::with_max_size(max).feed(received)? {
+        HandshakeProgress::NeedMore => Ok(None),
+        HandshakeProgress::Done { request, rest } => Ok(Some((request, rest))),
     }
 }
 
@@ -331,13 +345,30 @@ impl Decoder {
             Protocol::Json => self.next_json(),
             Protocol::MessagePack => self.next_msgpack(),
         };
-        if let Err(e) = &r {
-            self.failed = Some(e.clone());
-            self.buf = Vec::new();
-            self.pos = 0;
-            self.scanned = 0;
+        match &r {
+            Err(e) => {
+                self.failed = Some(e.clone());
+                self.buf = Vec::new();
+                self.pos = 0;
+                self.scanned = 0;
+            }
+            Ok(None) => self.reclaim(),
+            Ok(Some(_)) => {}
         }
         r
+    }
+
+    /// Once everything is consumed, empties the buffer, and gives back the memory of an
+    /// unusually large batch (an idle connection should not keep it).
+    fn reclaim(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.scanned = 0;
+            if self.buf.capacity() > self.max.max(RECLAIM_FLOOR) * 2 {
+                self.buf = Vec::new();
+            }
+        }
     }
 
     fn next_json(&mut self) -> Result<Option<ClientMessage>, DecodeError> {
@@ -383,6 +414,9 @@ impl Decoder {
         msg.map(Some)
     }
 }
+
+/// Buffers up to twice this size (or twice the message limit) are kept for reuse.
+const RECLAIM_FLOOR: usize = 4096;
 
 /// Reads a SignalR VarInt length prefix: `Ok(None)` if incomplete, else (value, bytes used).
 fn read_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, DecodeError> {
@@ -1755,6 +1789,37 @@ mod tests {
                 allow_reconnect: false
             }]
         );
+    }
+
+    #[test]
+    fn stateless_handshake_parse() {
+        assert_eq!(parse_handshake(b"{\"protocol\":", 100), Ok(None));
+        let (req, rest) = parse_handshake(b"{\"protocol\":\"json\",\"version\":1}\x1e{", 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.protocol, Protocol::Json);
+        assert_eq!(rest, b"{");
+        assert_eq!(
+            parse_handshake(&[b' '; 101], 100),
+            Err(HandshakeError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn decoder_gives_back_memory_of_a_large_batch() {
+        let mut d = Decoder::new(Protocol::MessagePack);
+        let ping = encode_client_message(Protocol::MessagePack, &ClientMessage::Ping);
+        let batch: Vec<u8> = ping.iter().copied().cycle().take(3 * 100_000).collect();
+        d.push(&batch);
+        assert_eq!(drain(&mut d).len(), 100_000);
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.buf.capacity(), 0);
+        // A small tail is kept as it is.
+        d.push(&ping[..2]);
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(d.buffered(), 2);
+        d.push(&ping[2..]);
+        assert_eq!(drain(&mut d), vec![ClientMessage::Ping]);
     }
 
     #[test]
