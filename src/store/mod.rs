@@ -2,6 +2,7 @@
 //! (`writer.rs`), and read queries that run in their own read transactions and never wait for
 //! the writer.
 
+pub mod maintenance;
 pub mod schema;
 pub mod writer;
 
@@ -10,7 +11,8 @@ use redb::{Database, ReadableDatabase};
 use schema::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -62,11 +64,32 @@ pub struct StoreStats {
 }
 
 /// Read access to the database. Cheap to clone.
+///
+/// The handle can be swapped: once a write fails with an I/O error (disk full, EIO) redb
+/// refuses every later operation on that handle, so the writer closes it and opens the file
+/// again (`recover`), which lets reads and, once space returns, writes work without a restart.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    path: PathBuf,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    /// `None` between closing a failed handle and a successful reopen.
+    slot: RwLock<Slot>,
+    path: PathBuf,
+    settings: StoreSettings,
+}
+
+struct Slot {
+    db: Option<Arc<Database>>,
+    /// When a reopen was last tried, to try at most once per `REOPEN_EVERY`.
+    last_attempt: Option<Instant>,
+}
+
+/// Least time between two attempts to reopen the file after a failure.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+/// How long a reopen waits for in-flight reads to release the old handle.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -90,15 +113,21 @@ impl Default for StoreSettings {
     }
 }
 
+/// Opens (or creates) the file with the configured page cache; repairs it if it was not
+/// closed cleanly.
+fn open_file(path: &Path, settings: &StoreSettings) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(settings.cache_bytes)
+        .create(path)
+        .map_err(StoreError::io)
+}
+
 impl Store {
     /// Opens (or creates) `orders.redb` in `dir` and makes sure every table exists.
     pub fn open(dir: &Path, settings: &StoreSettings) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(StoreError::io)?;
         let path = dir.join("orders.redb");
-        let db = Database::builder()
-            .set_cache_size(settings.cache_bytes)
-            .create(&path)
-            .map_err(StoreError::io)?;
+        let db = open_file(&path, settings)?;
         let txn = db.begin_write().map_err(StoreError::io)?;
         {
             txn.open_table(ORDERS).map_err(StoreError::io)?;
@@ -111,21 +140,89 @@ impl Store {
         }
         txn.commit().map_err(StoreError::io)?;
         Ok(Store {
-            db: Arc::new(db),
-            path,
+            shared: Arc::new(Shared {
+                slot: RwLock::new(Slot {
+                    db: Some(Arc::new(db)),
+                    last_attempt: None,
+                }),
+                path,
+                settings: settings.clone(),
+            }),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    pub(crate) fn db(&self) -> &Arc<Database> {
-        &self.db
+    /// The current database handle. After a failed reopen this tries again (at most every
+    /// `REOPEN_EVERY`) and answers `Unavailable` until the file opens.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        {
+            let slot = self.shared.slot.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(db) = &slot.db {
+                return Ok(db.clone());
+            }
+        }
+        let mut slot = self.shared.slot.write().unwrap_or_else(|e| e.into_inner());
+        if slot.db.is_none() {
+            self.try_reopen(&mut slot);
+        }
+        slot.db
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is being reopened".into()))
+    }
+
+    /// Called by the writer after a failed batch: when the handle refuses new write
+    /// transactions (redb latches I/O errors), closes it and opens the file again.
+    pub(crate) fn recover(&self) {
+        let Ok(db) = self.db() else { return };
+        match db.begin_write() {
+            Ok(txn) => {
+                // The handle still works: the failure was not an I/O error.
+                let _ = txn.abort();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "database handle failed; reopening the file"),
+        }
+        drop(db);
+        let mut slot = self.shared.slot.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.db.take() {
+            // Readers in flight hold clones; the file can only be opened again once they let go.
+            let deadline = Instant::now() + RELEASE_WAIT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        slot.last_attempt = None;
+        self.try_reopen(&mut slot);
+    }
+
+    fn try_reopen(&self, slot: &mut Slot) {
+        if slot
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < REOPEN_EVERY)
+        {
+            return;
+        }
+        slot.last_attempt = Some(Instant::now());
+        let started = Instant::now();
+        match open_file(&self.shared.path, &self.shared.settings) {
+            Ok(db) => {
+                tracing::info!(
+                    millis = started.elapsed().as_millis() as u64,
+                    "database reopened"
+                );
+                slot.db = Some(Arc::new(db));
+            }
+            Err(e) => tracing::warn!(error = %e, "database reopen failed; will retry"),
+        }
     }
 
     pub fn get_order(&self, id: Uuid) -> Result<Option<Order>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
         let t = txn.open_table(ORDERS).map_err(StoreError::io)?;
         match t.get(id.as_bytes()).map_err(StoreError::io)? {
             Some(v) => Ok(Some(decode(v.value())?)),
@@ -143,7 +240,8 @@ impl Store {
         page: u32,
         size: u32,
     ) -> Result<HistoryPage, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
         let counts = txn.open_table(CUSTOMER_COUNTS).map_err(StoreError::io)?;
         let wanted: Vec<OrderStatus> = match statuses {
             Some(s) => s.to_vec(),
@@ -198,7 +296,8 @@ impl Store {
 
     /// Outbox events with a sequence number greater than `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OrderEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
         let t = txn.open_table(OUTBOX).map_err(StoreError::io)?;
         let mut out = Vec::new();
         for entry in t.range(after.saturating_add(1)..).map_err(StoreError::io)? {
@@ -213,7 +312,8 @@ impl Store {
 
     /// The sequence number of the newest event (0 when there is none).
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
         let t = txn.open_table(META).map_err(StoreError::io)?;
         Ok(t.get(EVENT_SEQ)
             .map_err(StoreError::io)?
@@ -223,7 +323,8 @@ impl Store {
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         use redb::ReadableTableMetadata;
-        let txn = self.db.begin_read().map_err(StoreError::io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
         let orders = txn
             .open_table(ORDERS)
             .map_err(StoreError::io)?
@@ -239,7 +340,7 @@ impl Store {
             .map_err(StoreError::io)?
             .len()
             .map_err(StoreError::io)?;
-        let file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let file_bytes = std::fs::metadata(self.path()).map(|m| m.len()).unwrap_or(0);
         Ok(StoreStats {
             orders,
             events,

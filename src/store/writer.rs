@@ -117,7 +117,7 @@ impl<Req, Res> Job<Req, Res> {
 
 enum Command {
     Place(Box<Job<PlaceRequest, Placed>>),
-    Act(Job<ActRequest, Acted>),
+    Act(Box<Job<ActRequest, Acted>>),
 }
 
 impl Command {
@@ -155,7 +155,7 @@ impl WriterHandle {
     pub async fn act(&self, req: ActRequest) -> Result<Acted, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Act(Job::new(req, tx)))
+            .send(Command::Act(Box::new(Job::new(req, tx))))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
@@ -267,7 +267,8 @@ impl Writer {
     fn new(store: Store, max_batch: usize) -> Result<Self, StoreError> {
         let last_now = {
             use redb::ReadableDatabase;
-            let txn = store.db().begin_read().map_err(StoreError::io)?;
+            let db = store.db()?;
+            let txn = db.begin_read().map_err(StoreError::io)?;
             let meta = txn.open_table(META).map_err(StoreError::io)?;
             meta.get(CLOCK)
                 .map_err(StoreError::io)?
@@ -318,6 +319,9 @@ impl Writer {
                     for cmd in batch.drain(..) {
                         cmd.fail(StoreError::Unavailable(e.to_string()));
                     }
+                    // redb refuses everything after an I/O error (disk full): reopen the file so
+                    // reads go on and writes work again once the disk has room.
+                    self.store.recover();
                 }
             }
             batch.clear();
@@ -328,7 +332,8 @@ impl Writer {
     /// Applies a batch in one transaction and commits it, recording each command's answer.
     /// Answers are only sent by the caller, after this returned `Ok` (the commit is durable).
     fn apply(&mut self, batch: &mut [Command]) -> Result<(), StoreError> {
-        let txn = self.store.db().begin_write().map_err(StoreError::io)?;
+        let db = self.store.db()?;
+        let txn = db.begin_write().map_err(StoreError::io)?;
         {
             let mut t = Tables::open(&txn)?;
             let mut seq = t.meta(EVENT_SEQ)?;
