@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Parser, Debug)]
@@ -63,6 +64,29 @@ enum Scenario {
         #[arg(long, default_value = "json")]
         protocol: String,
     },
+    /// C keep-alive connections polling `/status` for D seconds, then the same against a bare
+    /// hyper server (a child process) answering a body of the same size: the floor.
+    Poll {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// C subscribed hub connections drop at once and reconnect + resubscribe at once.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+    },
+    /// (internal) a bare hyper HTTP/1.1 server answering every request with N bytes of JSON.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        body_size: usize,
+    },
     /// Concurrent writers advancing orders through their life.
     Write {
         #[arg(long, default_value_t = 64)]
@@ -98,6 +122,15 @@ fn main() {
                 writers,
                 transitions,
             } => write(&cli, *writers, *transitions).await,
+            Scenario::Poll {
+                connections,
+                seconds,
+            } => poll(&cli, *connections, *seconds).await,
+            Scenario::Storm {
+                connections,
+                sources,
+            } => storm(&cli, *connections, *sources).await,
+            Scenario::BareServer { port, body_size } => bare_server(*port, *body_size).await,
         }
     });
     match result {
@@ -246,6 +279,7 @@ async fn open_subscriber(
     idx: usize,
     msgpack: bool,
     arrivals: mpsc::UnboundedSender<Arrival>,
+    stop: CancellationToken,
 ) -> R<()> {
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::new(source, 0))
@@ -306,6 +340,8 @@ async fn open_subscriber(
         let mut ping = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
+                // Dropping the socket without a close handshake, like a network loss.
+                _ = stop.cancelled() => return,
                 _ = ping.tick() => {
                     let p = if msgpack { Message::binary(vec![2u8, 0x91, 0x06]) } else { Message::text("{\"type\":6}\u{1e}") };
                     if ws.send(p).await.is_err() { return; }
@@ -390,7 +426,17 @@ async fn fanout(
         ));
         let (addr, order, atx) = (cli.addr, *order, atx.clone());
         tasks.push(tokio::spawn(async move {
-            let r = open_subscriber(addr, source, token, order, i, msgpack, atx).await;
+            let r = open_subscriber(
+                addr,
+                source,
+                token,
+                order,
+                i,
+                msgpack,
+                atx,
+                CancellationToken::new(),
+            )
+            .await;
             drop(permit);
             r
         }));
@@ -610,5 +656,216 @@ async fn write(cli: &Cli, writers: usize, transitions: u64) -> R<String> {
         percentile(&l, 0.5),
         percentile(&l, 0.99),
         l.last().copied().unwrap_or(f64::NAN)
+    ))
+}
+
+/// Serves `body_size` bytes of JSON to every request until killed.
+async fn bare_server(port: u16, body_size: usize) -> R<String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = String::from("{\"pad\":\"");
+    while body.len() + 2 < body_size {
+        body.push('x');
+    }
+    body.push_str("\"}");
+    let body = Bytes::from(body);
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    let mut r = hyper::Response::new(Full::new(body));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Runs `connections` keep-alive GET loops on `path` for `seconds`; returns (requests, body size).
+async fn hammer(
+    addr: SocketAddr,
+    path: String,
+    token: String,
+    connections: usize,
+    seconds: u64,
+) -> R<(u64, usize)> {
+    let count = Arc::new(AtomicU64::new(0));
+    let size = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (count, size, path, token) = (count.clone(), size.clone(), path.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            while Instant::now() < deadline {
+                let req = Request::get(path.as_str())
+                    .header("host", "load")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| e.to_string())?;
+                http.sender.ready().await.map_err(|e| e.to_string())?;
+                let resp = http
+                    .sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.status() != 200 {
+                    return Err(format!("poll answered {}", resp.status()));
+                }
+                let b = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                size.store(b.len() as u64, Ordering::Relaxed);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok((
+        count.load(Ordering::Relaxed),
+        size.load(Ordering::Relaxed) as usize,
+    ))
+}
+
+async fn poll(cli: &Cli, connections: usize, seconds: u64) -> R<String> {
+    let m = minter(&cli.secret)?;
+    let restaurant = Uuid::new_v4();
+    let service = m
+        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
+        .map_err(|e| e.to_string())?;
+    let customer = Uuid::new_v4();
+    let orders = place_orders(cli.addr, &service, restaurant, &[customer]).await?;
+    let token = m
+        .mint(customer, &[], &[], 3600)
+        .map_err(|e| e.to_string())?;
+    let path = format!("/api/v1/orders/{}/status", orders[0]);
+    let (n, body) = hammer(cli.addr, path, token.clone(), connections, seconds).await?;
+    // The floor: a bare hyper server in its own process answering the same body size.
+    let port = TcpSocket::new_v4()
+        .and_then(|s| {
+            s.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+            s.local_addr()
+        })
+        .map_err(|e| e.to_string())?
+        .port();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "bare-server",
+            "--port",
+            &port.to_string(),
+            "--body-size",
+            &body.to_string(),
+        ])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let bare: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut up = false;
+    for _ in 0..100 {
+        if TcpStream::connect(bare).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let floor = if up {
+        hammer(bare, "/".into(), token, connections, seconds).await
+    } else {
+        Err("bare server did not start".into())
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let (nb, _) = floor?;
+    let rps = n as f64 / seconds as f64;
+    let bare_rps = nb as f64 / seconds as f64;
+    Ok(format!(
+        "| metric | value |\n|---|---|\n| connections | {connections} |\n| body size | {body} B |\n| ordertrack GET /status (JWT + redb read + JSON) | {rps:.0} req/s |\n| bare hyper, same body, same run | {bare_rps:.0} req/s |\n| ratio | {:.2} × bare hyper |\n",
+        rps / bare_rps.max(1.0)
+    ))
+}
+
+async fn storm(cli: &Cli, c: usize, sources: u8) -> R<String> {
+    let m = minter(&cli.secret)?;
+    let restaurant = Uuid::new_v4();
+    let service = m
+        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
+        .map_err(|e| e.to_string())?;
+    let customers: Vec<Uuid> = (0..c).map(|_| Uuid::new_v4()).collect();
+    let orders = place_orders(cli.addr, &service, restaurant, &customers).await?;
+    let tokens: Vec<String> = customers
+        .iter()
+        .map(|cu| m.mint(*cu, &[], &[], 3600).map_err(|e| e.to_string()))
+        .collect::<R<_>>()?;
+    let connect_all = |tokens: Vec<String>, orders: Vec<Uuid>, stop: CancellationToken| async move {
+        let (atx, _arx) = mpsc::unbounded_channel::<Arrival>();
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(tokens.len());
+        for (i, (t, o)) in tokens.into_iter().zip(orders).enumerate() {
+            let source = IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                2 + (i % sources.max(1) as usize) as u8,
+            ));
+            let (addr, atx, stop) = (cli.addr, atx.clone(), stop.clone());
+            // Everyone at once: no client-side throttle, retry until in (as real clients do).
+            tasks.push(tokio::spawn(async move {
+                for attempt in 0..20u64 {
+                    if open_subscriber(
+                        addr,
+                        source,
+                        t.clone(),
+                        o,
+                        i,
+                        false,
+                        atx.clone(),
+                        stop.clone(),
+                    )
+                    .await
+                    .is_ok()
+                    {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+                }
+                false
+            }));
+        }
+        let mut ok = 0usize;
+        for t in tasks {
+            if matches!(t.await, Ok(true)) {
+                ok += 1;
+            }
+        }
+        (ok, start.elapsed().as_secs_f64())
+    };
+    let first = CancellationToken::new();
+    let (ok1, secs1) = connect_all(tokens.clone(), orders.clone(), first.clone()).await;
+    // Every client loses its socket at the same moment, then all come back at once.
+    first.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = CancellationToken::new();
+    let (ok2, secs2) = connect_all(tokens, orders, second.clone()).await;
+    second.cancel();
+    Ok(format!(
+        "| metric | value |\n|---|---|\n| connections | {c} |\n| first connect + subscribe | {ok1} in {secs1:.2} s |\n| storm: all reconnect + resubscribe at once | {ok2} of {c} in {secs2:.2} s |\n"
     ))
 }
