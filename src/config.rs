@@ -25,6 +25,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a token signed with the configured HS256 secret (development and tests).
     Token(TokenArgs),
+    /// Serve like `serve` and run a simulated world of restaurants, customers and orders; prints
+    /// a customer token, an order id and the command to watch that order live.
+    Demo(crate::demo::DemoArgs),
+    /// Follow one order in the terminal: live over the customer hub, polling /status when the
+    /// socket is unavailable; stops after a terminal status.
+    Watch(crate::watch::WatchArgs),
+    /// Database maintenance: check, compact, backup, stats (same --data-dir as serve).
+    #[command(subcommand)]
+    Db(crate::db::DbCommand),
 }
 
 /// Settings shared by every command that touches the data directory or tokens.
@@ -340,6 +349,18 @@ pub fn token_auth(c: &CommonArgs) -> Result<AuthSettings, ConfigError> {
     let f = load_file(c.config.as_deref())?;
     let data_dir = data_dir_of(c, &f);
     Ok(resolve_auth(c, &f, &data_dir)?.0)
+}
+
+/// The data directory and the listen address this configuration names (flag or environment,
+/// then file, then default), for commands that work beside a server (`db`). Creates nothing.
+pub fn locate(c: &CommonArgs) -> Result<(PathBuf, SocketAddr), ConfigError> {
+    let f = load_file(c.config.as_deref())?;
+    let listen = std::env::var("ORDERTRACK_LISTEN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .or(f.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    Ok((data_dir_of(c, &f), listen))
 }
 
 /// Parses `90s`, `15m`, `1h`, `7d` or a bare number of seconds.

@@ -17,6 +17,7 @@ pub const ROUTES: &[&str] = &[
     "hub_negotiate",
     "hub_connect",
     "hub_preflight",
+    "admin",
     "not_found",
     "openapi",
 ];

@@ -29,7 +29,7 @@ pub enum RunError {
     Mint(String),
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERTRACK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -53,16 +53,26 @@ pub fn serve(args: ServeArgs) -> Result<(), RunError> {
 }
 
 async fn serve_async(settings: Settings) -> Result<(), RunError> {
+    serve_with(settings, |_, _| {}).await
+}
+
+/// Serves until SIGTERM or Ctrl-C. `on_started` runs once connections are accepted, with the bound
+/// address and a token that is cancelled when shutdown begins (the demo's simulator uses both).
+pub(crate) async fn serve_with(
+    settings: Settings,
+    on_started: impl FnOnce(std::net::SocketAddr, CancellationToken),
+) -> Result<(), RunError> {
+    let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
+    // Bind before anything is logged, so a taken port is one clear line of error.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| RunError::Listen(settings.listen, e))?;
     if settings.dev_secret {
         tracing::warn!(
             path = %settings.data_dir.join("dev-jwt-secret").display(),
             "NO JWT SECRET CONFIGURED: using a generated development secret. Set --jwt-secret or ORDERTRACK_JWT_SECRET in production."
         );
     }
-    let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| RunError::Listen(settings.listen, e))?;
     let started = std::time::Instant::now();
     let store = Store::open(
         &settings.data_dir,
@@ -105,6 +115,7 @@ async fn serve_async(settings: Settings) -> Result<(), RunError> {
     };
     let http_shutdown = shutdown.clone();
     let server = tokio::spawn(server::run(listener, app.clone(), limits, http_shutdown));
+    on_started(addr, shutdown.child_token());
     wait_for_signal().await;
     tracing::info!("shutting down");
     app.ready.store(false, Ordering::Relaxed);

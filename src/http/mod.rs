@@ -2,6 +2,7 @@
 //! `server.rs` owns the accept loop and connection limits, `handlers.rs` the endpoints,
 //! `views.rs` the JSON shapes and `problem.rs` the RFC 7807 answers.
 
+pub mod admin;
 pub mod handlers;
 pub mod problem;
 pub mod server;
@@ -142,7 +143,7 @@ pub fn new_trace_id() -> String {
     format!("{v:032x}")
 }
 
-fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Principal, Problem> {
+pub(crate) fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Principal, Problem> {
     app.auth
         .verify_header(
             req.headers()
@@ -155,7 +156,7 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Principal, Problem
         })
 }
 
-fn method_not_allowed(allow: &'static str) -> Problem {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "Request.MethodNotAllowed",
@@ -232,6 +233,7 @@ async fn route(
                 )),
             )
         }
+        ["admin", rest @ ..] => admin::route(app, req, rest).await,
         ["hubs", hub, rest @ ..] => crate::hub::route(app, req, hub, rest, peer).await,
         ["api", "v1", "orders"] => {
             if m != Method::POST {

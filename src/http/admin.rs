@@ -1,0 +1,121 @@
+//! Administrator-only maintenance endpoints of a running server, used by `ordertrack db` while
+//! the server holds the database file: `POST /admin/db/backup` writes a consistent snapshot
+//! (one read transaction) to `<data-dir>/backups/`, `GET /admin/db/stats` answers counts and
+//! sizes. The server picks the snapshot's path; a request cannot name one.
+
+use super::problem::Problem;
+use super::{authenticate, json_response, method_not_allowed, not_found, App, Resp};
+use crate::store::maintenance;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// One backup at a time: each holds a read transaction that pins pages while it copies.
+static BACKUP_RUNNING: AtomicBool = AtomicBool::new(false);
+
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        BACKUP_RUNNING.store(false, Ordering::Release);
+    }
+}
+
+pub async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    rest: &[&str],
+) -> (&'static str, Result<Resp, Problem>) {
+    let m = req.method();
+    let r = match rest {
+        ["db", "backup"] if m != Method::POST => Err(method_not_allowed("POST")),
+        ["db", "stats"] if m != Method::GET => Err(method_not_allowed("GET")),
+        ["db", "backup"] => match admin(app, &req) {
+            Ok(()) => backup(app).await,
+            Err(p) => Err(p),
+        },
+        ["db", "stats"] => match admin(app, &req) {
+            Ok(()) => stats(app).await,
+            Err(p) => Err(p),
+        },
+        _ => Err(not_found()),
+    };
+    ("admin", r)
+}
+
+fn admin(app: &App, req: &Request<Incoming>) -> Result<(), Problem> {
+    let p = authenticate(app, req)?;
+    if !p.administrator {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Admin.Forbidden",
+            "Only administrators may use maintenance endpoints.",
+        ));
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn failed(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "maintenance request failed");
+    Problem::internal()
+}
+
+async fn backup(app: &Arc<App>) -> Result<Resp, Problem> {
+    if BACKUP_RUNNING.swap(true, Ordering::AcqRel) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Backup.InProgress",
+            "Another backup is being written; try again when it is done.",
+        ));
+    }
+    let guard = Running;
+    let store = app.store.clone();
+    let dir = store
+        .path()
+        .parent()
+        .map(|p| p.join("backups"))
+        .unwrap_or_else(|| "backups".into());
+    let name = format!(
+        "backup-{}-{:08x}.redb",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    );
+    let dest = dir.join(&name);
+    let span = tracing::info_span!("backup", file = %name);
+    let info = tokio::task::spawn_blocking(move || {
+        let _g = span.enter();
+        let _guard = guard;
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        let db = maintenance::handle(&store).map_err(failed)?;
+        let info = maintenance::snapshot(db.as_ref(), &dest).map_err(failed)?;
+        tracing::info!(
+            orders = info.orders,
+            bytes = info.bytes,
+            millis = info.millis,
+            "backup written"
+        );
+        Ok::<_, Problem>(info)
+    })
+    .await
+    .map_err(failed)??;
+    let mut v = serde_json::to_value(&info).unwrap_or_default();
+    v["file"] = name.into();
+    Ok(json_response(StatusCode::OK, to_json(&v)))
+}
+
+async fn stats(app: &Arc<App>) -> Result<Resp, Problem> {
+    let store = app.store.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        let db = maintenance::handle(&store).map_err(failed)?;
+        maintenance::stats(db.as_ref(), store.path()).map_err(failed)
+    })
+    .await
+    .map_err(failed)??;
+    Ok(json_response(StatusCode::OK, to_json(&s)))
+}
