@@ -74,6 +74,8 @@ pub enum DbError {
     ElsewhereSnapshot(String, PathBuf),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("the database file is damaged beyond what redb can read ({0}); restore a backup")]
+    Damaged(String),
     #[error("integrity check failed: {0} problem(s)")]
     CheckFailed(u64),
     #[error("cannot start the runtime: {0}")]
@@ -81,12 +83,29 @@ pub enum DbError {
 }
 
 pub fn run(cmd: DbCommand) -> Result<(), DbError> {
-    match cmd {
+    guarded(|| match cmd {
         DbCommand::Check(a) => check(&a),
         DbCommand::Compact(a) => compact(&a),
         DbCommand::Backup(a) => backup(&a),
         DbCommand::Stats(a) => stats(&a),
-    }
+    })
+}
+
+/// redb can panic on a file that is damaged badly enough (garbage where its structures were).
+/// A maintenance command turns that into an error line instead of a backtrace.
+fn guarded(f: impl FnOnce() -> Result<(), DbError>) -> Result<(), DbError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    r.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(DbError::Damaged(what))
+    })
 }
 
 fn exclusive(e: MaintenanceError) -> DbError {
