@@ -138,6 +138,58 @@ struct Claims {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    cache: VerifiedTokens,
+}
+
+/// Tokens that already passed verification, keyed by their exact text, kept until they expire.
+/// A hit skips the signature check and claim parsing; `exp` is still enforced on every use.
+/// Bounded: a full shard is cleared rather than grown.
+struct VerifiedTokens {
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, Principal>>>,
+    per_shard: usize,
+    leeway: i64,
+}
+
+impl VerifiedTokens {
+    const SHARDS: usize = 16;
+
+    fn new(capacity: usize, leeway: u64) -> Self {
+        VerifiedTokens {
+            shards: (0..Self::SHARDS).map(|_| Default::default()).collect(),
+            per_shard: (capacity / Self::SHARDS).max(1),
+            leeway: leeway as i64,
+        }
+    }
+
+    fn shard(
+        &self,
+        token: &str,
+    ) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, Principal>> {
+        // The signature tail of a JWT is uniformly distributed: a cheap, good shard key.
+        let b = token.as_bytes();
+        let i = b.last().copied().unwrap_or(0) as usize ^ (b.len() << 3);
+        &self.shards[i % Self::SHARDS]
+    }
+
+    fn get(&self, token: &str, now: i64) -> Option<Principal> {
+        let mut m = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(token) {
+            Some(p) if p.expires_at + self.leeway > now => Some(p.clone()),
+            Some(_) => {
+                m.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, token: &str, p: &Principal) {
+        let mut m = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= self.per_shard {
+            m.clear();
+        }
+        m.insert(token.into(), p.clone());
+    }
 }
 
 impl Authenticator {
@@ -181,7 +233,11 @@ impl Authenticator {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        let auth = Authenticator { key, validation };
+        let auth = Authenticator {
+            key,
+            validation,
+            cache: VerifiedTokens::new(100_000, s.leeway_secs),
+        };
         if s.algorithm == Algorithm::HS256 {
             auth.self_test(s)?;
         }
@@ -208,6 +264,17 @@ impl Authenticator {
         if token.is_empty() || token.len() > 8192 {
             return Err(AuthError::Invalid("length".into()));
         }
+        let now = chrono::Utc::now().timestamp();
+        if let Some(p) = self.cache.get(token, now) {
+            return Ok(p);
+        }
+        let p = self.verify_uncached(token)?;
+        self.cache.put(token, &p);
+        Ok(p)
+    }
+
+    /// Full verification: signature, algorithm, exp/nbf, iss/aud, claims.
+    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
         let c = data.claims;
