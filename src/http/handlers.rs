@@ -57,8 +57,12 @@ fn listed_tags(
     any.then_some(Some(tags))
 }
 
-fn with_etag(mut resp: Resp, order: &Order) -> Resp {
-    if let Ok(v) = HeaderValue::from_str(&order.etag()) {
+fn with_etag(resp: Resp, order: &Order) -> Resp {
+    with_tag(resp, &order.etag())
+}
+
+fn with_tag(mut resp: Resp, etag: &str) -> Resp {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         resp.headers_mut().insert(ETAG, v);
     }
     resp.headers_mut()
@@ -67,9 +71,8 @@ fn with_etag(mut resp: Resp, order: &Order) -> Resp {
 }
 
 /// A read answer with the order's ETag, or 304 when `If-None-Match` names it.
-fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, order: &Order, body: &T) -> Resp {
+fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, etag: &str, body: &T) -> Resp {
     if let Some(tags) = listed_tags(headers, IF_NONE_MATCH) {
-        let etag = order.etag();
         let hit = match tags {
             None => true,
             Some(list) => list
@@ -79,10 +82,10 @@ fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, order: &Order, bod
         if hit {
             let mut resp = json_response(StatusCode::NOT_MODIFIED, Bytes::new());
             resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
-            return with_etag(resp, order);
+            return with_tag(resp, etag);
         }
     }
-    with_etag(json_response(StatusCode::OK, to_json(body)), order)
+    with_tag(json_response(StatusCode::OK, to_json(body)), etag)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -106,8 +109,16 @@ pub fn get_status(
     headers: &HeaderMap,
     segment: &str,
 ) -> Result<Resp, Problem> {
-    let o = visible_order(app, p, segment, "GetOrderStatus.NotFound")?;
-    Ok(conditional_read(headers, &o, &super::views::status(&o)))
+    let title = "GetOrderStatus.NotFound";
+    let Some(id) = order_id(segment) else {
+        return Err(Problem::order_not_found(title));
+    };
+    match app.store.get_head(id).map_err(store_problem)? {
+        Some(h) if !p.capacities(h.customer_id, h.restaurant_id).is_empty() => Ok(
+            conditional_read(headers, &h.etag(), &super::views::status(&h)),
+        ),
+        _ => Err(Problem::order_not_found(title)),
+    }
 }
 
 pub fn get_details(
@@ -117,7 +128,11 @@ pub fn get_details(
     segment: &str,
 ) -> Result<Resp, Problem> {
     let o = visible_order(app, p, segment, "GetOrderById.NotFound")?;
-    Ok(conditional_read(headers, &o, &super::views::details(&o, p)))
+    Ok(conditional_read(
+        headers,
+        &o.etag(),
+        &super::views::details(&o, p),
+    ))
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

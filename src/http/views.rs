@@ -4,6 +4,7 @@
 use crate::auth::Principal;
 use crate::domain::status::can_cancel;
 use crate::domain::{Order, Timestamp};
+use crate::store::heads::OrderHead;
 use crate::store::HistoryPage;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -44,7 +45,7 @@ pub struct StatusView<'a> {
     version: u64,
 }
 
-pub fn status(o: &Order) -> StatusView<'_> {
+pub fn status(o: &OrderHead) -> StatusView<'_> {
     StatusView {
         order_id: o.id,
         status: o.status.as_str(),

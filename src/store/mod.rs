@@ -2,6 +2,7 @@
 //! (`writer.rs`), and read queries that run in their own read transactions and never wait for
 //! the writer.
 
+pub mod heads;
 pub mod maintenance;
 pub mod schema;
 pub mod writer;
@@ -78,6 +79,7 @@ struct Shared {
     slot: RwLock<Slot>,
     path: PathBuf,
     settings: StoreSettings,
+    heads: heads::LiveHeads,
 }
 
 struct Slot {
@@ -147,6 +149,7 @@ impl Store {
                 }),
                 path,
                 settings: settings.clone(),
+                heads: heads::LiveHeads::default(),
             }),
         })
     }
@@ -218,6 +221,20 @@ impl Store {
             }
             Err(e) => tracing::warn!(error = %e, "database reopen failed; will retry"),
         }
+    }
+
+    /// The live head of an order (from memory when it is live and was written since start,
+    /// else from the database).
+    pub fn get_head(&self, id: Uuid) -> Result<Option<heads::OrderHead>, StoreError> {
+        if let Some(h) = self.shared.heads.get(&id) {
+            return Ok(Some(h));
+        }
+        Ok(self.get_order(id)?.map(|o| heads::OrderHead::of(&o)))
+    }
+
+    /// Called by the writer after a commit, before anyone is answered.
+    pub(crate) fn committed(&self, order: &Order) {
+        self.shared.heads.committed(order);
     }
 
     pub fn get_order(&self, id: Uuid) -> Result<Option<Order>, StoreError> {

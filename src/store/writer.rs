@@ -121,6 +121,20 @@ enum Command {
 }
 
 impl Command {
+    /// The order this command created or changed, once applied.
+    fn changed_order(&self) -> Option<&Order> {
+        match self {
+            Command::Place(j) => match &j.answer {
+                Some(Placed::Created(o)) => Some(o),
+                _ => None,
+            },
+            Command::Act(j) => match &j.answer {
+                Some(Acted::Changed(o)) => Some(o),
+                _ => None,
+            },
+        }
+    }
+
     fn finish(self) {
         match self {
             Command::Place(j) => j.finish(),
@@ -304,6 +318,11 @@ impl Writer {
                 Ok(()) => {
                     if let Some(o) = &observer {
                         o.batch_committed(size, started.elapsed().as_secs_f64());
+                    }
+                    for cmd in batch.iter() {
+                        if let Some(order) = cmd.changed_order() {
+                            self.store.committed(order);
+                        }
                     }
                     if !self.events.is_empty() {
                         sink.publish(std::mem::take(&mut self.events));
