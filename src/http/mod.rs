@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod handlers;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod views;
@@ -233,6 +234,7 @@ async fn route(
                 )),
             )
         }
+        ["openapi.json"] => ("openapi", openapi::serve(req.method())),
         ["admin", rest @ ..] => admin::route(app, req, rest).await,
         ["hubs", hub, rest @ ..] => crate::hub::route(app, req, hub, rest, peer).await,
         ["api", "v1", "orders"] => {
