@@ -80,6 +80,12 @@ impl Drop for IpSlot {
     }
 }
 
+/// A connection's places under the total and per-address caps. A hub request carries a clone
+/// in its extensions, and the WebSocket it upgrades to keeps it until it closes, so open
+/// WebSockets count against both caps like any other connection.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, IpSlot)>);
+
 async fn refuse(mut stream: TcpStream, detail: &str) {
     let bytes = raw_refusal(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -190,15 +196,19 @@ async fn serve_one(
         Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
-    let svc = service_fn(move |req| {
+    let held = ConnectionSlot(Arc::new((permit, slot)));
+    let for_requests = held.clone();
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
+        if req.uri().path().starts_with("/hubs/") {
+            req.extensions_mut().insert(for_requests.clone());
+        }
         async move { Ok::<_, std::convert::Infallible>(super::handle(app, req, peer).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
-    // Upgraded (hub) connections hold their own permits; this one is done.
-    drop(permit);
-    drop(slot);
+    // An upgraded (hub) connection still holds a clone until the WebSocket closes.
+    drop(held);
 }

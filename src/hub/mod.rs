@@ -351,6 +351,10 @@ fn upgrade(
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Keeps the connection counted under the total and per-address caps while it is open.
+    let held = req
+        .extensions_mut()
+        .remove::<crate::http::server::ConnectionSlot>();
     let conn_id = hubs.next_id.fetch_add(1, Ordering::Relaxed);
     let app2 = app.clone();
     hubs.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +372,7 @@ fn upgrade(
             Err(e) => tracing::debug!(parent: &span, error = %e, "upgrade failed"),
         }
         drop(guard);
+        drop(held);
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
