@@ -191,7 +191,15 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
         return Ok(FileConfig::default());
     };
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.message().to_string()))
+    toml::from_str(&text).map_err(|e| {
+        // One line: where, then what (the library's own rendering spans several lines).
+        let at = e
+            .span()
+            .and_then(|s| text.get(..s.start))
+            .map(|before| format!("line {}: ", before.matches('\n').count() + 1))
+            .unwrap_or_default();
+        ConfigError::Parse(path.into(), format!("{at}{}", e.message().trim()))
+    })
 }
 
 /// Resolves the token settings; creates the development secret when nothing is configured.

@@ -4,7 +4,21 @@ use clap::Parser;
 use ordertrack::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A usage error is one line (clap's own rendering adds a hint block) and exit code 2.
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "ordertrack: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => exit(ordertrack::run::serve(args)),
         Command::Token(args) => exit(ordertrack::run::token(args)),

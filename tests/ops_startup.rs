@@ -1,0 +1,508 @@
+//! Start-up through the real binary: each misconfiguration is one clear line on stderr and a
+//! non-zero exit; `--help` is complete for every command; configuration precedence is flag >
+//! environment > file > default; the example configuration documents every key.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `ordertrack <args>` with a clean environment (only `env` set), in `cwd`, given `within` to
+/// exit on its own.
+fn run_clean(args: &[&str], env: &[(&str, &str)], cwd: &Path, within: Duration) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{args:?} did not exit within {within:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Asserts a failed start: exit 1 (2 for a usage error), nothing on stdout, exactly one stderr line containing each
+/// of `needles`.
+fn one_line_failure(args: &[&str], env: &[(&str, &str)], cwd: &Path, needles: &[&str]) {
+    let out = run_clean(args, env, cwd, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let usage = err.contains("(see --help)");
+    assert_eq!(out.status.code(), Some(if usage { 2 } else { 1 }), "{args:?}: {err}");
+    assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", out.stdout);
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got:\n{err}");
+    assert!(lines[0].starts_with("ordertrack: "), "{}", lines[0]);
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: '{n}' missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn misconfigurations_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    let d = data.to_str().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+
+    // Port in use, with a configured secret and with the development secret (whose warning
+    // must not come first).
+    one_line_failure(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            d,
+            "--jwt-secret",
+            "s3cret-s3cret",
+        ],
+        &[],
+        t,
+        &["cannot listen on", &addr, "in use"],
+    );
+    one_line_failure(
+        &["serve", "--listen", &addr, "--data-dir", d],
+        &[],
+        t,
+        &["cannot listen on"],
+    );
+    // The secret never appears in an error.
+    let out = run_clean(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            d,
+            "--jwt-secret",
+            "s3cret-s3cret",
+        ],
+        &[],
+        t,
+        Duration::from_secs(10),
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+
+    // Key files: missing, unreadable as a key.
+    let missing = t.join("missing.pem");
+    one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--jwt-algorithm",
+            "RS256",
+            "--jwt-public-key",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+        t,
+        &["cannot read the JWT public key", "missing.pem"],
+    );
+    let garbage = t.join("garbage.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--jwt-algorithm",
+            "ES256",
+            "--jwt-public-key",
+            garbage.to_str().unwrap(),
+        ],
+        &[],
+        t,
+        &["public key"],
+    );
+    one_line_failure(
+        &["serve", "--data-dir", d, "--jwt-algorithm", "HS512"],
+        &[],
+        t,
+        &["HS512"],
+    );
+
+    // A data directory that cannot be used: below a regular file, or with orders.redb a folder.
+    let file = t.join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let below = file.join("data");
+    one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            below.to_str().unwrap(),
+            "--jwt-secret",
+            "s",
+        ],
+        &[],
+        t,
+        &["data directory", "plain-file"],
+    );
+    let odd = t.join("odd");
+    std::fs::create_dir_all(odd.join("orders.redb")).unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    one_line_failure(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            odd.to_str().unwrap(),
+            "--jwt-secret",
+            "s",
+        ],
+        &[],
+        t,
+        &["cannot open the database"],
+    );
+
+    // Config files: unknown key (with its line), bad value, missing file; bad log format.
+    let cfg = t.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "# ok\nlisten = \"127.0.0.1:1\"\nlisen = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    one_line_failure(
+        &["serve", "--config", c],
+        &[],
+        t,
+        &["bad config file", "line 3", "unknown field `lisen`"],
+    );
+    std::fs::write(&cfg, "max_connections = \"many\"\n").unwrap();
+    one_line_failure(
+        &["serve", "--config", c],
+        &[],
+        t,
+        &["bad config file", "line 1"],
+    );
+    one_line_failure(
+        &["serve", "--config", "/nonexistent/ordertrack.toml"],
+        &[],
+        t,
+        &["cannot read config file"],
+    );
+    one_line_failure(
+        &["serve", "--data-dir", d, "--log-format", "xml"],
+        &[],
+        t,
+        &["log format", "xml"],
+    );
+    one_line_failure(
+        &["serve", "--data-dir", d],
+        &[("ORDERTRACK_LISTEN", "not-an-address")],
+        t,
+        &["not-an-address", "--listen"],
+    );
+    one_line_failure(&["serve", "--no-such-flag"], &[], t, &["--no-such-flag"]);
+    one_line_failure(&["watch"], &[], t, &["required"]);
+
+    // The database held by a running server.
+    let server = Server::start();
+    one_line_failure(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            server.dir.to_str().unwrap(),
+            "--jwt-secret",
+            "s",
+        ],
+        &[],
+        t,
+        &["cannot open the database"],
+    );
+}
+
+#[test]
+fn help_is_complete() {
+    use clap::CommandFactory;
+    let root = ordertrack::config::Cli::command();
+    let mut stack = vec![(String::new(), root)];
+    let mut commands = 0;
+    while let Some((prefix, cmd)) = stack.pop() {
+        let path = format!("{prefix} {}", cmd.get_name()).trim().to_string();
+        assert!(cmd.get_about().is_some(), "`{path}` has no description");
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_help().is_some(),
+                "`{path}`: argument `{id}` has no help text"
+            );
+        }
+        // Through the binary, too: --help works and lists every option.
+        let words: Vec<&str> = path.split_whitespace().skip(1).collect();
+        let out = Command::new(bin())
+            .args(&words)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "`{path} --help` failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    text.contains(&format!("--{long}")),
+                    "`{path} --help` misses --{long}"
+                );
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                stack.push((path.clone(), sub.clone()));
+            }
+        }
+        commands += 1;
+    }
+    // ordertrack, serve, token, demo, watch, db and its four commands.
+    assert!(commands >= 10, "{commands}");
+}
+
+#[test]
+fn the_example_config_documents_every_key_and_every_flag_has_one() {
+    use clap::CommandFactory;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ordertrack.example.toml"
+    ))
+    .unwrap();
+    // Keys set or shown commented out, each with a comment right above it.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut keys = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let l2 = l.trim_start_matches("# ");
+        let Some((k, _)) = l2.split_once(" = ") else {
+            continue;
+        };
+        if !k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let mut j = i;
+        while j > 0
+            && lines[j - 1]
+                .trim_start_matches("# ")
+                .split_once(" = ")
+                .is_some()
+        {
+            j -= 1;
+        }
+        assert!(
+            j > 0 && lines[j - 1].starts_with('#'),
+            "key {k} has no comment above it"
+        );
+        keys.push(k.to_string());
+    }
+    let serve = ordertrack::config::Cli::command()
+        .find_subcommand("serve")
+        .unwrap()
+        .clone();
+    let flags: Vec<String> = serve
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "config" && *l != "help")
+        .map(|l| l.replace('-', "_"))
+        .collect();
+    for f in &flags {
+        assert!(
+            keys.contains(f),
+            "flag --{} has no key in the example config",
+            f.replace('_', "-")
+        );
+    }
+    for k in &keys {
+        assert!(flags.contains(k), "example key {k} is not a serve flag");
+    }
+    // And the file is accepted as it is.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("example.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        text.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut server = spawn_clean(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[],
+        tmp.path(),
+    );
+    wait_port(&mut server, port);
+    assert!(tmp.path().join("data/orders.redb").is_file());
+}
+
+struct Running(std::process::Child, std::path::PathBuf);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_clean(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Running {
+    let log = cwd.join(format!("serve-{}.log", free_port()));
+    let child = Command::new(bin())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn");
+    Running(child, log)
+}
+
+fn wait_port(r: &mut Running, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(resp) = reqwest::blocking::get(format!("http://127.0.0.1:{port}/readyz")) {
+            if resp.status().is_success() {
+                return;
+            }
+        }
+        if let Ok(Some(st)) = r.0.try_wait() {
+            panic!(
+                "exited with {st}: {}",
+                std::fs::read_to_string(&r.1).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready on {port}: {}",
+            std::fs::read_to_string(&r.1).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn log_of(r: &Running) -> String {
+    std::fs::read_to_string(&r.1).unwrap_or_default()
+}
+
+#[test]
+fn precedence_is_flag_then_env_then_file_then_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (p_file, p_env, p_flag) = (free_port(), free_port(), free_port());
+    let cfg = t.join("ordertrack.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:{p_file}\"\ndata_dir = \"from-file\"\nlog_format = \"json\"\njwt_secret = \"file-secret-0123456789\"\n"),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+
+    // File only (the config path itself from the environment).
+    let mut s = spawn_clean(&["serve"], &[("ORDERTRACK_CONFIG", c)], t);
+    wait_port(&mut s, p_file);
+    assert!(t.join("from-file/orders.redb").is_file());
+    assert!(
+        !t.join("from-file/dev-jwt-secret").exists(),
+        "the file's secret is used"
+    );
+    assert!(
+        log_of(&s)
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with('{')),
+        "json logs: {}",
+        log_of(&s)
+    );
+    drop(s);
+
+    // The environment beats the file.
+    let env = [
+        ("ORDERTRACK_CONFIG", c),
+        ("ORDERTRACK_LISTEN", &*format!("127.0.0.1:{p_env}")),
+        ("ORDERTRACK_DATA_DIR", "from-env"),
+        ("ORDERTRACK_LOG_FORMAT", "text"),
+    ];
+    let mut s = spawn_clean(&["serve"], &env, t);
+    wait_port(&mut s, p_env);
+    assert!(t.join("from-env/orders.redb").is_file());
+    assert!(!log_of(&s).starts_with('{'), "text logs: {}", log_of(&s));
+    drop(s);
+
+    // Flags beat both.
+    let flag_listen = format!("127.0.0.1:{p_flag}");
+    let mut s = spawn_clean(
+        &[
+            "serve",
+            "--listen",
+            &flag_listen,
+            "--data-dir",
+            "from-flag",
+            "--log-format",
+            "json",
+        ],
+        &env,
+        t,
+    );
+    wait_port(&mut s, p_flag);
+    assert!(t.join("from-flag/orders.redb").is_file());
+    assert!(log_of(&s).starts_with('{'), "json logs: {}", log_of(&s));
+    // The file's secret still applies (nothing overrode it): its tokens are accepted.
+    let out = Command::new(bin())
+        .args([
+            "token",
+            "--config",
+            c,
+            "--sub",
+            &uuid::Uuid::new_v4().to_string(),
+        ])
+        .env_clear()
+        .current_dir(t)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = client()
+        .get(format!("http://{flag_listen}/api/v1/orders/my"))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(s);
+
+    // Defaults: ./data, a development secret, text logs, 127.0.0.1:8080 (taken or not, the log
+    // names it).
+    let mut s = spawn_clean(&["serve"], &[], t);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_of(&s).contains("127.0.0.1:8080") {
+        assert!(
+            Instant::now() < deadline,
+            "default listen not seen: {}",
+            log_of(&s)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = s.0.kill();
+    let _ = s.0.wait();
+    assert!(t.join("data/dev-jwt-secret").is_file(), "{}", log_of(&s));
+}
