@@ -41,7 +41,11 @@ fn one_line_failure(args: &[&str], env: &[(&str, &str)], cwd: &Path, needles: &[
     let out = run_clean(args, env, cwd, Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     let usage = err.contains("(see --help)");
-    assert_eq!(out.status.code(), Some(if usage { 2 } else { 1 }), "{args:?}: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(if usage { 2 } else { 1 }),
+        "{args:?}: {err}"
+    );
     assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", out.stdout);
     let lines: Vec<&str> = err.trim_end().lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: one line expected, got:\n{err}");
@@ -505,4 +509,101 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     let _ = s.0.kill();
     let _ = s.0.wait();
     assert!(t.join("data/dev-jwt-secret").is_file(), "{}", log_of(&s));
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_its_command_serves() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ordertrack.service"
+    ))
+    .unwrap();
+    let value = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    let nofile: u64 = value("LimitNOFILE")[0].parse().unwrap();
+    assert!(nofile >= 100_000, "LimitNOFILE {nofile}");
+    assert_eq!(value("Restart"), ["on-failure"]);
+    for key in [
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "CapabilityBoundingSet",
+        "SystemCallFilter",
+    ] {
+        assert!(!value(key).is_empty(), "{key} missing");
+    }
+    assert_eq!(value("ProtectSystem"), ["strict"]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let local = unit.replace("/usr/local/bin/ordertrack", bin().to_str().unwrap());
+    let path = tmp.path().join("ordertrack.service");
+    std::fs::write(&path, &local).unwrap();
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && err.trim().is_empty(),
+                "systemd-analyze verify: {err}"
+            );
+        }
+        Err(e) => eprintln!("systemd-analyze not available ({e}); checked the directives only"),
+    }
+
+    // ExecStart as written, with the paths moved into a temporary directory.
+    let port = free_port();
+    let cfg = tmp.path().join("ordertrack.toml");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ordertrack.example.toml"
+    ))
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        example.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    let exec = value("ExecStart")[0]
+        .replace("/etc/ordertrack/ordertrack.toml", cfg.to_str().unwrap())
+        .replace("/var/lib/ordertrack", state.to_str().unwrap());
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(words[0], "/usr/local/bin/ordertrack");
+    let mut s = spawn_clean(
+        &words[1..],
+        &[("ORDERTRACK_JWT_SECRET", "unit-test-secret-0123456789")],
+        tmp.path(),
+    );
+    wait_port(&mut s, port);
+    assert!(state.join("orders.redb").is_file());
+    assert!(
+        !state.join("dev-jwt-secret").exists(),
+        "the EnvironmentFile secret is used"
+    );
+    assert!(
+        log_of(&s).starts_with('{'),
+        "journal-friendly JSON logs: {}",
+        log_of(&s)
+    );
+    // SIGTERM (the unit's KillSignal) stops it cleanly.
+    let _ = Command::new("kill")
+        .args(["-TERM", &s.0.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Ok(Some(st)) = s.0.try_wait() {
+            break st.code();
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
 }
