@@ -172,7 +172,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let started = Instant::now();
     let method = req.method().clone();
     // The query string is never logged: browsers put hub tokens there.
-    let span = tracing::info_span!("request", %method, path = %req.uri().path(), trace_id = %trace_id, peer = %peer);
+    let span = tracing::debug_span!("request", %method, path = %req.uri().path(), trace_id = %trace_id, peer = %peer);
     let (route, result) = route(&app, req, peer).instrument(span.clone()).await;
     let mut resp = match result {
         Ok(r) => r,
