@@ -96,7 +96,8 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
         return;
     };
-    let dir = fs.mount.join("data");
+    // The data directory is the mount itself, so the server's log (beside it) is not on it.
+    let dir = fs.mount.clone();
     let mut server = Server::spawn_on(free_port(), &dir, &["--cache-mb", "4"]);
     let cast = Cast::new();
     let c = client();
@@ -161,7 +162,12 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
     assert_eq!(h.status(), 200);
     for id in acked.iter().step_by(97).chain(acked.last()) {
         let (st, v) = get_json(&server, &cast.admin_token, &format!("/api/v1/orders/{id}"));
-        assert_eq!(st, 200, "read of {id} while the disk is full: {v}");
+        assert_eq!(
+            st,
+            200,
+            "read of {id} while the disk is full: {v}; log:\n{}",
+            server.log_text()
+        );
     }
     let (st, v) = get_json(
         &server,

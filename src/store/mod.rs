@@ -130,7 +130,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(StoreError::io)?;
         let path = dir.join("orders.redb");
         let db = open_file(&path, settings)?;
-        let txn = db.begin_write().map_err(StoreError::io)?;
+        let mut txn = db.begin_write().map_err(StoreError::io)?;
+        txn.set_quick_repair(writer::QUICK_REPAIR);
         {
             txn.open_table(ORDERS).map_err(StoreError::io)?;
             txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?;
@@ -158,18 +159,28 @@ impl Store {
         &self.shared.path
     }
 
-    /// The current database handle. After a failed reopen this tries again (at most every
-    /// `REOPEN_EVERY`) and answers `Unavailable` until the file opens.
+    /// The current database handle; `Unavailable` while the writer is reopening the file
+    /// after a failed write.
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
-        {
-            let slot = self.shared.slot.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(db) = &slot.db {
-                return Ok(db.clone());
-            }
+        let slot = self.shared.slot.read().unwrap_or_else(|e| e.into_inner());
+        slot.db
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is being reopened".into()))
+    }
+
+    /// The handle for the writer: when the file is closed after a failure, tries to open it
+    /// again (at most every `REOPEN_EVERY`). Only the writer thread reopens.
+    pub(crate) fn writable_db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Ok(db) = self.db() {
+            return Ok(db);
         }
         let mut slot = self.shared.slot.write().unwrap_or_else(|e| e.into_inner());
-        if slot.db.is_none() {
-            self.try_reopen(&mut slot);
+        if slot.db.is_none()
+            && slot
+                .last_attempt
+                .is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
+        {
+            self.reopen(&mut slot);
         }
         slot.db
             .clone()
@@ -177,7 +188,9 @@ impl Store {
     }
 
     /// Called by the writer after a failed batch: when the handle refuses new write
-    /// transactions (redb latches I/O errors), closes it and opens the file again.
+    /// transactions (redb latches I/O errors), closes it and opens the file again. Readers wait
+    /// for the swap (with quick-repair the reopen takes milliseconds, see
+    /// `writer::QUICK_REPAIR`) rather than fail.
     pub(crate) fn recover(&self) {
         let Ok(db) = self.db() else { return };
         match db.begin_write() {
@@ -198,17 +211,11 @@ impl Store {
             }
             drop(old);
         }
-        slot.last_attempt = None;
-        self.try_reopen(&mut slot);
+        self.reopen(&mut slot);
     }
 
-    fn try_reopen(&self, slot: &mut Slot) {
-        if slot
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < REOPEN_EVERY)
-        {
-            return;
-        }
+    /// Opens the file (repairing it if needed) into `slot`.
+    fn reopen(&self, slot: &mut Slot) {
         slot.last_attempt = Some(Instant::now());
         let started = Instant::now();
         match open_file(&self.shared.path, &self.shared.settings) {

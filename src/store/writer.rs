@@ -28,6 +28,14 @@ pub trait BatchObserver: Send + Sync {
     fn batch_committed(&self, size: usize, commit_seconds: f64);
 }
 
+/// Every commit records redb's allocator state ("quick repair"), so reopening after a crash
+/// or a failed write needs no repair walk over the whole file. Measured by
+/// `tests/reliability_recovery.rs` on a 1,000,000-order (1.2 GiB) file: reopen after SIGKILL
+/// 3.8 s without, 43 ms with; one idle single-row commit 2.2 ms without, 6.7 ms with (one
+/// more fsync); group-commit throughput unchanged within noise. Recovery time without it grows
+/// with the file, which only grows (orders are kept), so it is on.
+pub const QUICK_REPAIR: bool = true;
+
 #[derive(Clone, Debug)]
 pub struct WriterSettings {
     /// Queue capacity: callers wait (asynchronously) when it is full.
@@ -351,8 +359,9 @@ impl Writer {
     /// Applies a batch in one transaction and commits it, recording each command's answer.
     /// Answers are only sent by the caller, after this returned `Ok` (the commit is durable).
     fn apply(&mut self, batch: &mut [Command]) -> Result<(), StoreError> {
-        let db = self.store.db()?;
-        let txn = db.begin_write().map_err(StoreError::io)?;
+        let db = self.store.writable_db()?;
+        let mut txn = db.begin_write().map_err(StoreError::io)?;
+        txn.set_quick_repair(QUICK_REPAIR);
         {
             let mut t = Tables::open(&txn)?;
             let mut seq = t.meta(EVENT_SEQ)?;
