@@ -156,6 +156,16 @@ pub fn snapshot<D: ReadableDatabase>(
         Ok::<_, MaintenanceError>(())
     })();
     let rows = copier.rows;
+    // Chunked copying leaves free pages behind; the copy is ours alone, so compact it.
+    let mut out = out;
+    let result = result.and_then(|()| {
+        for _ in 0..8 {
+            if !out.compact().map_err(st)? {
+                break;
+            }
+        }
+        Ok(())
+    });
     drop(out);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
