@@ -64,9 +64,7 @@ pub(crate) async fn serve_with(
 ) -> Result<(), RunError> {
     let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
     // Bind before anything is logged, so a taken port is one clear line of error.
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| RunError::Listen(settings.listen, e))?;
+    let listener = bind(settings.listen).map_err(|e| RunError::Listen(settings.listen, e))?;
     if settings.dev_secret {
         tracing::warn!(
             path = %settings.data_dir.join("dev-jwt-secret").display(),
@@ -131,6 +129,19 @@ pub(crate) async fn serve_with(
     drop(store);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Binds with a deep accept queue: a reconnect storm sends thousands of SYNs at once, and the
+/// default queue of 128 makes the overflow wait a full second for the SYN retransmit.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn wait_for_signal() {

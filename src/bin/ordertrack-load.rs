@@ -79,6 +79,14 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         sources: u8,
     },
+    /// Writes N orders straight into a data directory (the server must be stopped), for the
+    /// restart scenario.
+    Seed {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        orders: u64,
+    },
     /// (internal) a bare hyper HTTP/1.1 server answering every request with N bytes of JSON.
     #[command(hide = true)]
     BareServer {
@@ -131,6 +139,7 @@ fn main() {
                 sources,
             } => storm(&cli, *connections, *sources).await,
             Scenario::BareServer { port, body_size } => bare_server(*port, *body_size).await,
+            Scenario::Seed { data_dir, orders } => seed(data_dir, *orders).await,
         }
     });
     match result {
@@ -884,5 +893,68 @@ async fn storm(cli: &Cli, c: usize, sources: u8) -> R<String> {
     second.cancel();
     Ok(format!(
         "| metric | value |\n|---|---|\n| connections | {c} |\n| first connect + subscribe | {ok1} in {secs1:.2} s |\n| storm: all reconnect + resubscribe at once | {ok2} of {c} in {secs2:.2} s |\n"
+    ))
+}
+
+struct NoEvents;
+impl ordertrack::store::EventSink for NoEvents {
+    fn publish(&self, _: Vec<Arc<ordertrack::domain::OrderEvent>>) {}
+}
+
+/// Places `n` orders through the store's own writer (large batches), 1,000 customers.
+async fn seed(dir: &std::path::Path, n: u64) -> R<String> {
+    use ordertrack::store::{PlaceRequest, Store, StoreSettings, WriterSettings};
+    let store = Store::open(dir, &StoreSettings::default()).map_err(|e| e.to_string())?;
+    let (writer, join) = ordertrack::store::writer::spawn(
+        &store,
+        WriterSettings {
+            queue: 8192,
+            max_batch: 2000,
+        },
+        Arc::new(NoEvents),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let restaurant = Uuid::new_v4();
+    let customers: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let customers = Arc::new(customers);
+    let mut tasks = Vec::new();
+    for _ in 0..256 {
+        let (writer, next, customers) = (writer.clone(), next.clone(), customers.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), String>(());
+                }
+                let body = order_body(customers[(i % 1000) as usize], restaurant);
+                let order = ordertrack::domain::NewOrder::parse(body.as_bytes())
+                    .map_err(|e| format!("{e:?}"))?;
+                writer
+                    .place(PlaceRequest {
+                        order,
+                        idempotency: None,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || join.join()).await;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(format!(
+        "| metric | value |\n|---|---|\n| orders seeded | {n} in {secs:.1} s ({:.0}/s) |\n| file size | {:.1} MiB ({:.0} B per order) |\n",
+        n as f64 / secs,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / n.max(1) as f64
     ))
 }

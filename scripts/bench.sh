@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Load scenarios against the real server, printed as one markdown report.
+#   scripts/bench.sh            full size (19,000 hub connections, 1,000,000 orders on disk)
+#   scripts/bench.sh tiny       a few seconds, for CI: proves the tools keep working
+# Speeds are reported next to a baseline measured in the same run (see ordertrack-load).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${1:-full}
+if [ "$SIZE" = tiny ]; then
+  CONNS=200; RATE=200; CHANGES=400; POLL_S=2; WRITES=800; STORM=200; SEED=5000
+else
+  CONNS=19000; RATE=2000; CHANGES=40000; POLL_S=10; WRITES=40000; STORM=19000; SEED=1000000
+fi
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --quiet --bin ordertrack --bin ordertrack-load
+OT=target/release/ordertrack
+LOAD=target/release/ordertrack-load
+SECRET=bench-secret-0123456789
+WORK=$(mktemp -d)
+PORT=$((20000 + RANDOM % 20000))
+SERVER_PID=
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+start_server() { # $1 = data dir
+  "$OT" serve --listen 127.0.0.1:$PORT --data-dir "$1" --jwt-secret $SECRET \
+    --max-connections 19900 --max-hub-connections 19500 >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 500); do
+    curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.01
+  done
+  echo "server did not start"; cat "$WORK/server.log"; exit 1
+}
+stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=; }
+run() { echo; echo "### $1"; echo; shift; "$LOAD" --addr 127.0.0.1:$PORT --secret $SECRET "$@"; }
+
+echo "# ordertrack load report ($SIZE) — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
+start_server "$WORK/data"
+run "fanout + hold: $CONNS subscribed hub connections, $RATE changes/s" \
+  --server-pid "$SERVER_PID" fanout --connections $CONNS --rate $RATE --changes $CHANGES --sources 8
+stop_server
+start_server "$WORK/data2"
+run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S
+run "write: durable transitions from 64 concurrent writers" write --writers 64 --transitions $WRITES
+run "storm: $STORM clients drop and come back at once" storm --connections $STORM --sources 8
+stop_server
+
+echo; echo "### restart: $SEED orders on disk"; echo
+"$LOAD" seed --data-dir "$WORK/big" --orders $SEED
+T0=$(date +%s%N)
+start_server "$WORK/big"
+T1=$(date +%s%N)
+RSS=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
+SIZE_MB=$(( $(stat -c %s "$WORK/big/orders.redb") / 1048576 ))
+echo "| metric | value |"
+echo "|---|---|"
+echo "| start to /readyz with $SEED orders (${SIZE_MB} MiB file) | $(( (T1 - T0) / 1000000 )) ms |"
+echo "| server RSS after start | ${RSS} KiB |"
+stop_server
+echo; echo "reproduce: \`scripts/bench.sh $SIZE\`"
