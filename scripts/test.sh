@@ -28,4 +28,7 @@ fi
 step "interop with the official @microsoft/signalr client (Node + Chromium)"
 ORDERTRACK_BIN="$PWD/target/debug/ordertrack" bash scripts/interop.sh
 
+step "load tools at a tiny size (the full run is scripts/bench.sh)"
+bash scripts/bench.sh tiny >/dev/null
+
 step "all green"
