@@ -169,6 +169,34 @@ fn minter(secret: &str) -> R<TokenMinter> {
     .map_err(|e| e.to_string())
 }
 
+/// The principals a scenario acts as: one restaurant, its staff, the order service.
+struct Cast {
+    minter: TokenMinter,
+    restaurant: Uuid,
+    service: String,
+    staff: String,
+}
+
+impl Cast {
+    fn new(secret: &str) -> R<Cast> {
+        let minter = minter(secret)?;
+        let restaurant = Uuid::new_v4();
+        let mint = |roles: &[String], perms: &[String]| {
+            minter
+                .mint(Uuid::new_v4(), roles, perms, 3600)
+                .map_err(|e| e.to_string())
+        };
+        let service = mint(&["OrderService".into()], &[])?;
+        let staff = mint(&[], &[format!("RestaurantStaff:{restaurant}")])?;
+        Ok(Cast {
+            minter,
+            restaurant,
+            service,
+            staff,
+        })
+    }
+}
+
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -398,19 +426,12 @@ async fn fanout(
     protocol: &str,
 ) -> R<String> {
     let msgpack = protocol == "messagepack";
-    let m = minter(&cli.secret)?;
-    let restaurant = Uuid::new_v4();
-    let service = m
-        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
-        .map_err(|e| e.to_string())?;
-    let staff = m
-        .mint(
-            Uuid::new_v4(),
-            &[],
-            &[format!("RestaurantStaff:{restaurant}")],
-            3600,
-        )
-        .map_err(|e| e.to_string())?;
+    let Cast {
+        minter: m,
+        restaurant,
+        service,
+        staff,
+    } = Cast::new(&cli.secret)?;
     let customers: Vec<Uuid> = (0..c).map(|_| Uuid::new_v4()).collect();
     let t0 = Instant::now();
     let orders = place_orders(cli.addr, &service, restaurant, &customers).await?;
@@ -592,19 +613,12 @@ async fn fanout(
 }
 
 async fn write(cli: &Cli, writers: usize, transitions: u64) -> R<String> {
-    let m = minter(&cli.secret)?;
-    let restaurant = Uuid::new_v4();
-    let service = m
-        .mint(Uuid::new_v4(), &["OrderService".into()], &[], 3600)
-        .map_err(|e| e.to_string())?;
-    let staff = m
-        .mint(
-            Uuid::new_v4(),
-            &[],
-            &[format!("RestaurantStaff:{restaurant}")],
-            3600,
-        )
-        .map_err(|e| e.to_string())?;
+    let Cast {
+        minter: _,
+        restaurant,
+        service,
+        staff,
+    } = Cast::new(&cli.secret)?;
     let n_orders = (transitions / 4).max(1) as usize;
     let customers: Vec<Uuid> = (0..n_orders).map(|_| Uuid::new_v4()).collect();
     let orders = Arc::new(place_orders(cli.addr, &service, restaurant, &customers).await?);
