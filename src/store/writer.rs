@@ -378,6 +378,11 @@ impl Writer {
             t.set_meta(EVENT_SEQ, seq)?;
             t.set_meta(CLOCK, self.last_now.max(0) as u64)?;
         }
+        if batch.iter().all(|c| c.changed_order().is_none()) {
+            // Only refusals, repeats and replays: their answers need no commit (and no fsync).
+            txn.abort().map_err(StoreError::io)?;
+            return Ok(());
+        }
         txn.commit().map_err(StoreError::io)?;
         Ok(())
     }
