@@ -169,6 +169,13 @@ fn real_answers_match_the_openapi_document() {
         "{r:?}"
     );
     api.check("post", PLACE, &r);
+    // An optional UUID that is present must be one (schemathesis found "" accepted as absent).
+    let mut blank = cast.order_body("Card");
+    blank["sourceTeamCartId"] = json!("");
+    let r = place_body(&server, &cast, &blank);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.json()["errors"]["sourceTeamCartId"].is_array(), "{r:?}");
+    api.check("post", PLACE, &r);
     api.check("post", PLACE, &send(c.post(s(PLACE)).json(&body)));
     api.check(
         "post",

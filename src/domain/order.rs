@@ -381,7 +381,9 @@ impl Fields {
 
     fn uuid(&mut self, key: &'static str, required: bool, e: &mut FieldErrors) -> Option<Uuid> {
         let path = self.path(key);
-        let s = self.string(key, required, 64, e)?;
+        // A value that is present must be a UUID: an empty string does not mean "absent".
+        let present = self.raw(key).is_some();
+        let s = self.string(key, required || present, 64, e)?;
         match Uuid::parse_str(&s) {
             Ok(u) => Some(u),
             Err(_) => {

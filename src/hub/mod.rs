@@ -271,13 +271,13 @@ pub async fn route(
     }
     if negotiate {
         if req.method() != Method::POST {
-            return (
-                "hub_negotiate",
-                Ok(plain(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "POST requests are required.\n",
-                )),
+            let mut resp = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST requests are required.\n",
             );
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("POST, OPTIONS"));
+            return ("hub_negotiate", Ok(resp));
         }
         let mut resp = match hub_principal(app, &req, false) {
             Err(p) => p.into_response(&crate::http::new_trace_id()),
