@@ -33,6 +33,12 @@ pub enum ClientError {
     Timeout(String, Duration),
     #[error("the hub refused: {0}")]
     Hub(String),
+    #[error("{what} answered {status}{}", .title.as_deref().map(|t| format!(" {t}")).unwrap_or_default())]
+    Refused {
+        what: &'static str,
+        status: u16,
+        title: Option<String>,
+    },
     #[error("the hub connection closed{}", .0.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
     HubClosed(Option<String>),
     #[error("unexpected answer: {0}")]
@@ -293,10 +299,11 @@ impl HubSession {
             .send(Method::POST, &path, Some(token), &[], None)
             .await?;
         if r.status != 200 {
-            return Err(ClientError::Hub(format!(
-                "negotiate answered {}",
-                r.describe()
-            )));
+            return Err(ClientError::Refused {
+                what: "negotiate",
+                status: r.status,
+                title: r.json()["title"].as_str().map(str::to_string),
+            });
         }
         let v = r.json();
         if let Some(e) = v["error"].as_str() {

@@ -176,8 +176,8 @@ async fn live(
     let mut hub = HubSession::connect(ep, "customer-orders", &args.token)
         .await
         .map_err(|e| match e {
-            ClientError::Hub(ref m) if m.contains("401") => {
-                Err(WatchError::Unauthorized(m.clone()))
+            ClientError::Refused { status: 401, .. } => {
+                Err(WatchError::Unauthorized(e.to_string()))
             }
             e => unavailable(e),
         })?;
