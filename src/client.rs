@@ -93,6 +93,25 @@ impl Endpoint {
         })
     }
 
+    /// The endpoint of a server listening on `listen`, as seen from this host (a wildcard
+    /// address is reached over loopback).
+    pub fn local(listen: std::net::SocketAddr) -> Endpoint {
+        let ip = match listen.ip() {
+            ip if !ip.is_unspecified() => ip,
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        let host = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        Endpoint {
+            host,
+            port: listen.port(),
+            prefix: String::new(),
+        }
+    }
+
     /// `http://host:port/prefix`
     pub fn base(&self) -> String {
         format!("http://{}:{}{}", self.host, self.port, self.prefix)
@@ -478,5 +497,9 @@ mod tests {
         assert!(Endpoint::parse("https://x").is_err());
         assert!(Endpoint::parse("http://x:notaport").is_err());
         assert!(Endpoint::parse("http://").is_err());
+        let e = Endpoint::local("0.0.0.0:8080".parse().unwrap());
+        assert_eq!(e.base(), "http://127.0.0.1:8080");
+        let e = Endpoint::local("[::]:81".parse().unwrap());
+        assert_eq!(e.base(), "http://[::1]:81");
     }
 }

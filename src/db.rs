@@ -277,21 +277,10 @@ enum AdminCall {
 
 /// Sends one admin request to the running server and returns its JSON answer.
 fn online(a: &DbArgs, listen: SocketAddr, call: AdminCall) -> Result<serde_json::Value, DbError> {
-    let url = match &a.url {
-        Some(u) => u.clone(),
-        None => {
-            let mut addr = listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            format!("http://{addr}")
-        }
+    let ep = match &a.url {
+        Some(u) => Endpoint::parse(u)?,
+        None => Endpoint::local(listen),
     };
-    let ep = Endpoint::parse(&url)?;
     let token = match &a.token {
         Some(t) => t.clone(),
         None => admin_token(&a.common)?,

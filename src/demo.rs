@@ -198,11 +198,7 @@ impl World {
                 .mint(sub, roles, perms, TOKEN_TTL)
                 .map_err(|e| e.to_string())
         };
-        let mut host = addr;
-        if host.ip().is_unspecified() {
-            host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let ep = Endpoint::parse(&format!("http://{host}")).map_err(|e| e.to_string())?;
+        let ep = Endpoint::local(addr);
         let mut restaurants = Vec::new();
         for i in 0..args.restaurants.max(1) {
             let (name, menu) = RESTAURANTS[i % RESTAURANTS.len()];
