@@ -259,9 +259,14 @@ pub fn stats<D: ReadableDatabase>(db: &D, path: &Path) -> Result<DbStats, Mainte
     {
         let (k, v) = entry.map_err(st)?;
         let k = k.value();
-        if last_customer != Some(k[..16].to_vec()) {
+        // Keys sort by customer first: count each run of one customer's counters once.
+        let customer = &k[..16];
+        if last_customer
+            .as_ref()
+            .is_none_or(|c: &[u8; 17]| &c[..16] != customer)
+        {
             customers += 1;
-            last_customer = Some(k[..16].to_vec());
+            last_customer = Some(*k);
         }
         if let Some(s) = OrderStatus::from_code(k[16]) {
             *by_status.entry(s.as_str().to_string()).or_default() += v.value();
