@@ -340,7 +340,7 @@ fn run_table(cases: &[(&'static str, Option<String>)], probes: &[Probe]) -> usiz
 /// Starts the binary with `args` and `ORDERTRACK_LOG=trace`; the log goes to `log`.
 fn serve_traced(port: u16, dir: &Path, log: &Path, args: &[&str]) -> std::process::Child {
     let file = std::fs::File::create(log).expect("log file");
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .arg("serve")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -360,6 +360,8 @@ fn serve_traced(port: u16, dir: &Path, log: &Path, args: &[&str]) -> std::proces
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "server did not start: {}",
         std::fs::read_to_string(log).unwrap_or_default()
