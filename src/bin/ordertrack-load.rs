@@ -308,16 +308,31 @@ async fn place_orders(
 /// An arrival: (connection index, order version, when).
 type Arrival = (usize, u64, Instant);
 
-async fn open_subscriber(
+/// One hub client: who it is, where it connects from, what it follows.
+#[derive(Clone)]
+struct Subscriber {
     addr: SocketAddr,
     source: IpAddr,
     token: String,
     order: Uuid,
     idx: usize,
     msgpack: bool,
+}
+
+/// Connects, handshakes and subscribes; then a task records arrivals until `stop`.
+async fn open_subscriber(
+    sub: Subscriber,
     arrivals: mpsc::UnboundedSender<Arrival>,
     stop: CancellationToken,
 ) -> R<()> {
+    let Subscriber {
+        addr,
+        source,
+        token,
+        order,
+        idx,
+        msgpack,
+    } = sub;
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::new(source, 0))
         .map_err(|e| e.to_string())?;
@@ -456,17 +471,15 @@ async fn fanout(
         ));
         let (addr, order, atx) = (cli.addr, *order, atx.clone());
         tasks.push(tokio::spawn(async move {
-            let r = open_subscriber(
+            let sub = Subscriber {
                 addr,
                 source,
                 token,
                 order,
-                i,
+                idx: i,
                 msgpack,
-                atx,
-                CancellationToken::new(),
-            )
-            .await;
+            };
+            let r = open_subscriber(sub, atx, CancellationToken::new()).await;
             drop(permit);
             r
         }));
@@ -869,18 +882,17 @@ async fn storm(cli: &Cli, c: usize, sources: u8) -> R<String> {
             // Everyone at once: no client-side throttle, retry until in (as real clients do).
             tasks.push(tokio::spawn(async move {
                 for attempt in 0..20u64 {
-                    if open_subscriber(
+                    let sub = Subscriber {
                         addr,
                         source,
-                        t.clone(),
-                        o,
-                        i,
-                        false,
-                        atx.clone(),
-                        stop.clone(),
-                    )
-                    .await
-                    .is_ok()
+                        token: t.clone(),
+                        order: o,
+                        idx: i,
+                        msgpack: false,
+                    };
+                    if open_subscriber(sub, atx.clone(), stop.clone())
+                        .await
+                        .is_ok()
                     {
                         return true;
                     }
