@@ -42,6 +42,16 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// A handle on a connection's bounded outbound queue (`tx`), speaking `protocol`.
+    pub fn new(id: u64, protocol: Protocol, tx: mpsc::Sender<Bytes>) -> Self {
+        Outbound {
+            id,
+            protocol,
+            tx,
+            slow: CancellationToken::new(),
+        }
+    }
+
     /// Queues a frame without waiting. Returns false when this push found the queue full: the
     /// connection is then closed as a slow consumer (reported once).
     pub fn push(&self, frame: Bytes) -> bool {
@@ -149,12 +159,7 @@ pub async fn run(app: Arc<App>, upgraded: Upgraded, kind: HubKind, principal: Pr
     };
     tracing::debug!(protocol = protocol.name(), "handshake done");
     let (tx, rx) = mpsc::channel(s.queue_frames.max(1));
-    let out = Arc::new(Outbound {
-        id,
-        protocol,
-        tx,
-        slow: CancellationToken::new(),
-    });
+    let out = Arc::new(Outbound::new(id, protocol, tx));
     let mut conn = Conn {
         app: app.clone(),
         kind,

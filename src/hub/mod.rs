@@ -125,7 +125,8 @@ impl Hubs {
 
     /// Delivers one committed event to every subscriber of its order and its restaurant.
     /// Each event is encoded at most once per protocol; subscribers share the bytes.
-    fn deliver(&self, event: &OrderEvent, scratch: &mut Vec<Arc<Outbound>>) {
+    /// Public for `benches/fanout.rs`; the server calls it only from its dispatcher task.
+    pub fn deliver(&self, event: &OrderEvent, scratch: &mut Vec<Arc<Outbound>>) {
         scratch.clear();
         self.orders.snapshot(event.order_id(), scratch);
         self.restaurants.snapshot(event.restaurant_id(), scratch);
