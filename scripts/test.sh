@@ -21,8 +21,7 @@ cargo test --all-targets
 
 if [ -f tests/loom_subscriptions.rs ]; then
   step "loom model checks of the subscription table"
-  RUSTFLAGS="--cfg ordertrack_loom" CARGO_TARGET_DIR=target/loom \
-    cargo test --quiet --test loom_subscriptions
+  cargo test --quiet --features loom --test loom_subscriptions
 fi
 
 step "interop with the official @microsoft/signalr client (Node + Chromium)"

@@ -2,13 +2,12 @@
 //! unsubscribe, remove-connection, drop-group and snapshot, checking that no subscription is
 //! lost and that nobody is seen by a snapshot taken after their removal completed.
 //!
-//! The model uses its own cfg name so that only this crate swaps in loom's mutexes (tokio
-//! reacts to a plain `--cfg loom` by dropping `tokio::net`, which the server needs). Run from
-//! the repository root (a separate target dir keeps normal builds warm):
+//! The `loom` feature swaps loom's mutexes into the table (only this crate changes, so the
+//! dependencies stay shared with the normal build). Run from the repository root:
 //!
-//! RUSTFLAGS="--cfg ordertrack_loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_subscriptions
+//! cargo test --features loom --test loom_subscriptions
 
-#![cfg(ordertrack_loom)]
+#![cfg(feature = "loom")]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;

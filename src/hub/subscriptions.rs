@@ -1,11 +1,11 @@
 //! Who listens to what: a lock-sharded table from a key (an order id or a restaurant id) to the
 //! connections subscribed to it, each with a cloneable handle to its outbound queue. Plain
 //! mutexes, no async: no lock is held across an await (there are none) and at most one shard
-//! lock is held at a time. Under `--cfg ordertrack_loom` the mutexes are loom's, for model checking.
+//! lock is held at a time. With the `loom` feature the mutexes are loom's, for model checking.
 
-#[cfg(ordertrack_loom)]
+#[cfg(feature = "loom")]
 use loom::sync::{Mutex, MutexGuard};
-#[cfg(not(ordertrack_loom))]
+#[cfg(not(feature = "loom"))]
 use std::sync::{Mutex, MutexGuard};
 
 use std::collections::HashMap;
@@ -201,7 +201,7 @@ impl<H: Clone> SubscriptionTable<H> {
     }
 }
 
-#[cfg(all(test, not(ordertrack_loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
