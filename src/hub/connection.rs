@@ -106,8 +106,20 @@ async fn send(ws: &mut Ws, msg: Message) -> bool {
     )
 }
 
-/// Sends a SignalR Close, then the WebSocket close.
+/// Sends a SignalR Close, then the WebSocket close (1000).
 async fn close(ws: &mut Ws, protocol: Protocol, error: Option<&str>, allow_reconnect: bool) {
+    close_with(ws, protocol, error, allow_reconnect, CloseCode::Normal, "").await;
+}
+
+/// Sends a SignalR Close, then the WebSocket close with `code`.
+async fn close_with(
+    ws: &mut Ws,
+    protocol: Protocol,
+    error: Option<&str>,
+    allow_reconnect: bool,
+    code: CloseCode,
+    reason: &'static str,
+) {
     let _ = send(
         ws,
         frame(protocol, encode_close(protocol, error, allow_reconnect)),
@@ -116,8 +128,8 @@ async fn close(ws: &mut Ws, protocol: Protocol, error: Option<&str>, allow_recon
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: Utf8Bytes::from_static(""),
+            code,
+            reason: Utf8Bytes::from_static(reason),
         })),
     )
     .await;
@@ -321,24 +333,13 @@ impl Conn {
 
     async fn too_large(&self, ws: &mut Ws) {
         tracing::info!("inbound message over the size limit, closing with 1009");
-        let _ = send(
+        close_with(
             ws,
-            frame(
-                self.protocol,
-                encode_close(
-                    self.protocol,
-                    Some(proto::CONNECTION_CLOSED_WITH_ERROR),
-                    false,
-                ),
-            ),
-        )
-        .await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            ws.close(Some(CloseFrame {
-                code: CloseCode::Size,
-                reason: Utf8Bytes::from_static("message too big"),
-            })),
+            self.protocol,
+            Some(proto::CONNECTION_CLOSED_WITH_ERROR),
+            false,
+            CloseCode::Size,
+            "message too big",
         )
         .await;
     }
