@@ -52,4 +52,5 @@ for step in $steps; do
   esac
 done
 printf '\n== summary (full log: %s)\n' "$log"
-grep -E '^RESULT|^[a-z_]+ +(ok|CRASH) ' "$log" || true
+grep -Eo 'RESULT.*' "$log" || true
+grep -E '^[a-z_]+ +(ok|CRASH) ' "$log" || true
