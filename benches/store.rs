@@ -775,7 +775,7 @@ fn reads(c: &mut Criterion) {
         }
     }
     g.finish();
-    if paired_wanted() {
+    if paired_wanted("reads") {
         paired_reads(&read_db);
     }
     for cell in dbs {
@@ -791,10 +791,11 @@ fn reads(c: &mut Criterion) {
 // loads. For the ratios the targets are about, this phase measures both sides alternately
 // (A B, then B A, …) in short chunks and reports the median of the per-round ratios with its
 // interquartile range. It runs in measuring mode when no filter is given, or with the filter
-// `paired` alone.
+// `paired` (both parts), `paired_durable` or `paired_reads` alone.
 
-/// Whether the interleaved phase runs (see above).
-fn paired_wanted() -> bool {
+/// Whether the interleaved phase `part` ("durable" or "reads") runs: see above; the filter
+/// `paired_durable` or `paired_reads` runs one part alone.
+fn paired_wanted(part: &str) -> bool {
     if !measuring() {
         return false;
     }
@@ -832,7 +833,8 @@ fn paired_wanted() -> bool {
         }
         i += 1;
     }
-    filters.is_empty() || filters == ["paired"]
+    let alone = format!("paired_{part}");
+    filters.is_empty() || filters == ["paired"] || filters == [alone.as_str()]
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -882,7 +884,7 @@ fn interleave(name: &str, rounds: usize, a: &mut dyn FnMut() -> f64, b: &mut dyn
 }
 
 fn paired_durable(_: &mut Criterion) {
-    if !paired_wanted() {
+    if !paired_wanted("durable") {
         return;
     }
     let rt = runtime();

@@ -273,8 +273,9 @@ impl Authenticator {
         Ok(p)
     }
 
-    /// Full verification: signature, algorithm, exp/nbf, iss/aud, claims.
-    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Full verification: signature, algorithm, exp/nbf, iss/aud, claims. Bypasses the cache
+    /// of verified tokens (public for `benches/auth.rs`; callers use [`Authenticator::verify`]).
+    pub fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
         let c = data.claims;
