@@ -31,8 +31,8 @@ use criterion::{
 use ordertrack::auth::Principal;
 use ordertrack::domain::status::decide_any;
 use ordertrack::domain::{
-    Action, EventKind, NewOrder, Order, OrderEvent, OrderStatus, OrderStatusBroadcast, Step,
-    Timestamp,
+    Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent, OrderStatus,
+    OrderStatusBroadcast, Step, Timestamp,
 };
 use ordertrack::store::writer::{self, EventSink};
 use ordertrack::store::{
@@ -115,9 +115,10 @@ fn accept(order_id: Uuid) -> ActRequest {
         action: Action::Accept,
         principal: staff(),
         if_match: None,
-        estimated_delivery: Some(Timestamp(chrono::Utc::now().timestamp_millis() + 1_800_000)),
-        delivered_at: None,
-        reason: None,
+        details: ActionDetails {
+            estimated_delivery: Some(Timestamp(chrono::Utc::now().timestamp_millis() + 1_800_000)),
+            ..ActionDetails::default()
+        },
     }
 }
 
@@ -313,19 +314,8 @@ fn sqlite_act(txn: &rusqlite::Transaction<'_>, st: &mut SqlState, req: &ActReque
     {
         return false;
     }
-    let now = st.now().max(order.updated_at);
-    let old = order.status;
-    order.status = to;
-    order.version += 1;
-    order.updated_at = now;
-    match req.action {
-        Action::Accept => order.estimated_delivery = req.estimated_delivery,
-        Action::Delivered => order.actual_delivery = Some(req.delivered_at.unwrap_or(now)),
-        Action::Cancel | Action::Reject | Action::PaymentFailed => {
-            order.cancellation_reason = req.reason.clone()
-        }
-        _ => {}
-    }
+    let now = st.now();
+    let old = order.advance(req.action, to, now, &req.details);
     let body = rmp_serde::to_vec_named(&order).expect("encode order");
     txn.prepare_cached("UPDATE orders SET status = ?2, body = ?3 WHERE id = ?1")
         .expect("prepare")

@@ -8,6 +8,6 @@ pub mod status;
 pub mod time;
 
 pub use event::{EventKind, OrderEvent, OrderStatusBroadcast};
-pub use order::{FieldErrors, NewOrder, Order, OrderItem};
+pub use order::{ActionDetails, FieldErrors, NewOrder, Order, OrderItem};
 pub use status::{Action, Actor, OrderStatus, Refusal, Step};
 pub use time::Timestamp;

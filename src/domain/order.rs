@@ -2,7 +2,7 @@
 //! (every bad field reported at once, amounts read exactly from the JSON text).
 
 use super::money::{format_amount, minor_digits, parse_amount};
-use super::status::{initial_status, OrderStatus};
+use super::status::{initial_status, Action, OrderStatus};
 use super::time::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -92,10 +92,44 @@ impl Order {
         self.items.iter().map(|i| i.quantity).sum()
     }
 
+    /// Applies a decided move to `to` at `now`: one more version, an update time never earlier
+    /// than the last one, and the fields the action carries. Returns the previous status.
+    pub fn advance(
+        &mut self,
+        action: Action,
+        to: OrderStatus,
+        now: Timestamp,
+        details: &ActionDetails,
+    ) -> OrderStatus {
+        let now = now.max(self.updated_at);
+        let old = self.status;
+        self.status = to;
+        self.version += 1;
+        self.updated_at = now;
+        match action {
+            Action::Accept => self.estimated_delivery = details.estimated_delivery,
+            Action::Delivered => self.actual_delivery = Some(details.delivered_at.unwrap_or(now)),
+            Action::Cancel | Action::Reject | Action::PaymentFailed => {
+                self.cancellation_reason = details.reason.clone()
+            }
+            _ => {}
+        }
+        old
+    }
+
     /// The HTTP entity tag of this version.
     pub fn etag(&self) -> String {
         format!("\"order-{}-v{}\"", self.id, self.version)
     }
+}
+
+/// What an action may carry besides its name: the ETA of an accept, the time of a delivery,
+/// the reason of a reject or cancel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionDetails {
+    pub estimated_delivery: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub reason: Option<String>,
 }
 
 /// A validated, priced order snapshot, ready to be stored.
@@ -685,6 +719,44 @@ mod tests {
         ] {
             assert!(errs.contains_key(f), "missing {f} in {errs:?}");
         }
+    }
+
+    #[test]
+    fn advance_bumps_version_keeps_time_monotonic_and_records_action_fields() {
+        let new = NewOrder::parse(body(PIZZA, "").as_bytes()).unwrap();
+        let mut ids = Uuid::new_v4;
+        let mut o = new.into_order(
+            Uuid::new_v4(),
+            "ORD-2025-000001".into(),
+            Timestamp(5_000),
+            &mut ids,
+        );
+        let eta = Timestamp(9_000_000);
+        let details = ActionDetails {
+            estimated_delivery: Some(eta),
+            ..ActionDetails::default()
+        };
+        // The clock went back: the update time stays at the order's last update.
+        let old = o.advance(
+            Action::Accept,
+            OrderStatus::Accepted,
+            Timestamp(1_000),
+            &details,
+        );
+        assert_eq!(old, OrderStatus::Placed);
+        assert_eq!(
+            (o.status, o.version, o.updated_at),
+            (OrderStatus::Accepted, 2, Timestamp(5_000))
+        );
+        assert_eq!(o.estimated_delivery, Some(eta));
+        o.advance(
+            Action::Delivered,
+            OrderStatus::Delivered,
+            Timestamp(7_000),
+            &ActionDetails::default(),
+        );
+        assert_eq!(o.actual_delivery, Some(Timestamp(7_000)));
+        assert_eq!(o.version, 3);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::problem::Problem;
 use super::{json_response, read_body, App, Resp};
 use crate::auth::Principal;
-use crate::domain::order::{parse_reason, parse_time_field};
+use crate::domain::order::{parse_reason, parse_time_field, ActionDetails};
 use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Timestamp};
 use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
 use bytes::Bytes;
@@ -323,9 +323,7 @@ pub async fn act(
         action,
         principal: p.clone(),
         if_match,
-        estimated_delivery: None,
-        delivered_at: None,
-        reason: None,
+        details: ActionDetails::default(),
     };
     match action {
         Action::Accept => {
@@ -341,7 +339,7 @@ pub async fn act(
                     return Err(invalid(e));
                 }
             }
-            r.estimated_delivery = eta;
+            r.details.estimated_delivery = eta;
         }
         Action::Delivered => {
             let at = parse_time_field(&body, "deliveredAt", false).map_err(invalid)?;
@@ -353,10 +351,10 @@ pub async fn act(
                 );
                 return Err(invalid(e));
             }
-            r.delivered_at = at;
+            r.details.delivered_at = at;
         }
         Action::Reject | Action::Cancel | Action::PaymentFailed => {
-            r.reason = parse_reason(&body).map_err(invalid)?;
+            r.details.reason = parse_reason(&body).map_err(invalid)?;
         }
         Action::PaymentSucceeded | Action::Preparing | Action::Ready => {
             parse_reason(&body).map_err(invalid)?;

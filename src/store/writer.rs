@@ -8,8 +8,8 @@ use super::{decode, encode, IdempotencyRecord, Store, StoreError};
 use crate::auth::Principal;
 use crate::domain::status::decide_any;
 use crate::domain::{
-    Action, EventKind, NewOrder, Order, OrderEvent, OrderStatus, OrderStatusBroadcast, Refusal,
-    Step, Timestamp,
+    Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent, OrderStatus,
+    OrderStatusBroadcast, Refusal, Step, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -76,9 +76,7 @@ pub struct ActRequest {
     pub principal: Principal,
     /// Versions named by `If-Match` (absent header or `*`: `None`). An empty list never matches.
     pub if_match: Option<Vec<u64>>,
-    pub estimated_delivery: Option<Timestamp>,
-    pub delivered_at: Option<Timestamp>,
-    pub reason: Option<String>,
+    pub details: ActionDetails,
 }
 
 #[derive(Debug)]
@@ -505,19 +503,8 @@ impl Writer {
         let Step::Move { to, events } = step else {
             return Ok(Acted::Unchanged(order));
         };
-        let now = self.now().max(order.updated_at);
-        let old = order.status;
-        order.status = to;
-        order.version += 1;
-        order.updated_at = now;
-        match req.action {
-            Action::Accept => order.estimated_delivery = req.estimated_delivery,
-            Action::Delivered => order.actual_delivery = Some(req.delivered_at.unwrap_or(now)),
-            Action::Cancel | Action::Reject | Action::PaymentFailed => {
-                order.cancellation_reason = req.reason.clone()
-            }
-            _ => {}
-        }
+        let now = self.now();
+        let old = order.advance(req.action, to, now, &req.details);
         t.put_order(&order)?;
         t.bump_count(order.customer_id, old, -1)?;
         t.bump_count(order.customer_id, to, 1)?;
