@@ -2,6 +2,8 @@
 # Load scenarios against the real server, printed as one markdown report.
 #   scripts/bench.sh            full size (19,000 hub connections, 1,000,000 orders on disk)
 #   scripts/bench.sh tiny       a few seconds, for CI: proves the tools keep working
+# fanout + hold also runs against a socket.io 4.8 peer (scripts/peer/, Node) with the same sizes,
+# printed side by side with ordertrack; its npm packages come from scripts/install-test-deps.sh.
 # Speeds are reported next to a baseline measured in the same run (see ordertrack-load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,12 @@ SECRET=bench-secret-0123456789
 WORK=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+PEER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 start_server() { # $1 = data dir
@@ -42,11 +49,48 @@ start_server() { # $1 = data dir
 stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=; }
 run() { echo; echo "### $1"; echo; shift; "$LOAD" --addr 127.0.0.1:$PORT --secret $SECRET "$@"; }
 
+# The socket.io peer: one Node process, in-memory orders, the same secret.
+PEER_PORT=$((PORT + 1))
+start_peer() {
+  if [ ! -d scripts/peer/node_modules/socket.io ]; then
+    echo "scripts/peer/node_modules is missing: run scripts/install-test-deps.sh"; exit 1
+  fi
+  node scripts/peer/socketio-peer.mjs --port $PEER_PORT --secret $SECRET >"$WORK/peer.log" 2>&1 &
+  PEER_PID=$!
+  for _ in $(seq 1 500); do
+    if grep -q '^listening' "$WORK/peer.log"; then
+      # The pid Node reports itself (for RSS), in case $! is a wrapper.
+      PEER_NODE_PID=$(awk '/^listening/ {print $NF; exit}' "$WORK/peer.log")
+      return 0
+    fi
+    sleep 0.01
+  done
+  echo "socket.io peer did not start"; cat "$WORK/peer.log"; exit 1
+}
+stop_peer() { kill -TERM "$PEER_PID"; wait "$PEER_PID" || true; PEER_PID=; }
+# The value of row $2 in the markdown table saved in file $1.
+row() { awk -F' [|] ' -v k="$2" '$1 == "| " k {sub(/ [|]$/, "", $2); print $2; exit}' "$1"; }
+
 echo "# ordertrack load report ($SIZE) — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 start_server "$WORK/data"
+FANOUT=(fanout --connections $CONNS --rate $RATE --changes $CHANGES --sources 8)
 run "fanout + hold: $CONNS subscribed hub connections, $RATE changes/s" \
-  --server-pid "$SERVER_PID" fanout --connections $CONNS --rate $RATE --changes $CHANGES --sources 8
+  --server-pid "$SERVER_PID" "${FANOUT[@]}" | tee "$WORK/fanout-ordertrack.md"
 stop_server
+start_peer
+echo; echo "### fanout + hold against the socket.io 4.8 peer (Node $(node --version)), same sizes"; echo
+"$LOAD" --addr 127.0.0.1:$PEER_PORT --secret $SECRET --server-pid "$PEER_NODE_PID" --peer socketio \
+  "${FANOUT[@]}" | tee "$WORK/fanout-socketio.md"
+stop_peer
+echo; echo "### side by side: ordertrack vs socket.io 4.8 ($CONNS connections, $RATE changes/s)"; echo
+echo "| metric | ordertrack (SignalR JSON) | socket.io 4.8 (Node, one process) |"
+echo "|---|---|---|"
+for k in "hub connections (subscribed)" "connect+handshake+subscribe rate" \
+  "server RSS before / after connections" "server RSS per subscribed connection" \
+  "status changes answered 2xx" "events received" \
+  "latency HTTP answer → arrival p50 / p99 / max" "lost / duplicated"; do
+  echo "| $k | $(row "$WORK/fanout-ordertrack.md" "$k") | $(row "$WORK/fanout-socketio.md" "$k") |"
+done
 start_server "$WORK/data2"
 run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S
 run "write: durable transitions from 64 concurrent writers" write --writers 64 --transitions $WRITES

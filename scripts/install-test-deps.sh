@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the SignalR interop suite (scripts/interop/) needs:
+# Installs what the SignalR interop suite (scripts/interop/) and the load bench's socket.io
+# peer (scripts/peer/, used by scripts/bench.sh) need:
 #   * the npm packages pinned in scripts/interop/package-lock.json (via `npm ci`)
+#   * the npm packages pinned in scripts/peer/package-lock.json (via `npm ci`)
 #   * Debian's chromium at /usr/bin/chromium (only when it is missing)
 #
 # Idempotent and quiet: prints nothing when everything is already there or was
@@ -69,6 +71,21 @@ if [ "$want_stamp" != "$have_stamp" ] \
         quiet npm ci --no-audit --no-fund --loglevel=error --prefer-offline
     )
     printf '%s\n' "$want_stamp" >"$stamp_file"
+fi
+
+# The socket.io peer of scripts/bench.sh: same stamp scheme, so a rerun costs a sha256sum and
+# needs no network.
+peer_dir="$here/peer"
+peer_stamp_file="$peer_dir/node_modules/.ordertrack-install-stamp"
+peer_want="$(cat "$peer_dir/package-lock.json" "$peer_dir/package.json" | sha256sum | cut -d' ' -f1) node-$node_major"
+peer_have=""
+[ -f "$peer_stamp_file" ] && peer_have="$(cat "$peer_stamp_file")"
+if [ "$peer_want" != "$peer_have" ] || [ ! -f "$peer_dir/node_modules/socket.io/package.json" ]; then
+    (
+        cd "$peer_dir"
+        quiet npm ci --no-audit --no-fund --loglevel=error --prefer-offline
+    )
+    printf '%s\n' "$peer_want" >"$peer_stamp_file"
 fi
 
 # -------------------------------------------------------------------- chromium

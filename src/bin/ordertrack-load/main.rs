@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod socketio;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ordertrack-load",
@@ -41,8 +43,18 @@ struct Cli {
     /// The server's pid, to read its RSS from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// The server under test: ordertrack's SignalR hub, or the socket.io 4.8 peer doing the
+    /// same job (`scripts/peer/socketio-peer.mjs`; `fanout` only).
+    #[arg(long, value_enum, default_value_t = Peer::Ordertrack, global = true)]
+    peer: Peer,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Ordertrack,
+    Socketio,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +130,9 @@ fn main() {
     };
     let cmdline = std::env::args().collect::<Vec<_>>().join(" ");
     let result = rt.block_on(async {
+        if cli.peer == Peer::Socketio && !matches!(cli.scenario, Scenario::Fanout { .. }) {
+            return Err("--peer socketio: only the fanout scenario runs against the peer".into());
+        }
         match &cli.scenario {
             Scenario::Fanout {
                 connections,
@@ -469,7 +484,7 @@ async fn fanout(
             0,
             2 + (i % sources.max(1) as usize) as u8,
         ));
-        let (addr, order, atx) = (cli.addr, *order, atx.clone());
+        let (addr, order, atx, peer) = (cli.addr, *order, atx.clone(), cli.peer);
         tasks.push(tokio::spawn(async move {
             let sub = Subscriber {
                 addr,
@@ -479,7 +494,12 @@ async fn fanout(
                 idx: i,
                 msgpack,
             };
-            let r = open_subscriber(sub, atx, CancellationToken::new()).await;
+            let r = match peer {
+                Peer::Ordertrack => open_subscriber(sub, atx, CancellationToken::new()).await,
+                Peer::Socketio => {
+                    socketio::open_subscriber(sub, atx, CancellationToken::new()).await
+                }
+            };
             drop(permit);
             r
         }));
@@ -591,7 +611,11 @@ async fn fanout(
     };
     let mut t = String::new();
     t.push_str("| metric | value |\n|---|---|\n");
-    t.push_str(&format!("| protocol | {protocol} |\n"));
+    let server = match cli.peer {
+        Peer::Ordertrack => format!("ordertrack, SignalR {protocol}"),
+        Peer::Socketio => "socket.io 4.8 peer (Node), WebSocket, JSON".into(),
+    };
+    t.push_str(&format!("| protocol | {server} |\n"));
     t.push_str(&format!(
         "| orders placed | {c} in {place_secs:.2} s ({:.0}/s) |\n",
         c as f64 / place_secs
