@@ -1,6 +1,6 @@
 //! Fan-out bench: one committed event dispatched in-process to 1, 100 and 10,000 subscribers of
 //! its order, through the server's own `Hubs::deliver` (snapshot the group from the sharded
-//! `SubscriptionTable`, encode once per protocol, `try_send` the shared `Bytes` into each
+//! `SubscriptionTable`, encode once per protocol, push the shared `Bytes` into each
 //! subscriber's bounded queue). Subscribers alternate JSON and MessagePack, so both encodings
 //! are paid once each. Queues are drained after every dispatch, outside the timed region; the
 //! timed region is `deliver` plus clearing the snapshot, as the dispatcher task does.
@@ -18,7 +18,6 @@ use ordertrack::hub::{HubSettings, Hubs};
 use ordertrack::metrics::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -69,19 +68,17 @@ fn fanout(c: &mut Criterion) {
             } else {
                 Protocol::MessagePack
             };
-            let (tx, rx) = mpsc::channel(queue);
             let id = i as u64 + 1;
-            assert!(hubs
-                .orders
-                .subscribe(order, id, Arc::new(Outbound::new(id, protocol, tx))));
-            queues.push(rx);
+            let out = Arc::new(Outbound::new(id, protocol, queue));
+            assert!(hubs.orders.subscribe(order, id, out.clone()));
+            queues.push(out);
         }
         let ev = event(order);
         let mut scratch = Vec::new();
         hubs.deliver(&ev, &mut scratch);
         scratch.clear();
-        for rx in &mut queues {
-            assert!(rx.try_recv().is_ok(), "every subscriber got the event");
+        for out in &queues {
+            assert_eq!(out.discard_queued(), 1, "every subscriber got the event");
         }
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("subscribers", n), |b| {
@@ -92,8 +89,8 @@ fn fanout(c: &mut Criterion) {
                     hubs.deliver(&ev, &mut scratch);
                     scratch.clear();
                     total += start.elapsed();
-                    for rx in &mut queues {
-                        while rx.try_recv().is_ok() {}
+                    for out in &queues {
+                        out.discard_queued();
                     }
                 }
                 total

@@ -1,6 +1,12 @@
 //! One hub connection: the SignalR handshake, then a loop that reads client messages, writes
 //! queued events in batches (one WebSocket message and one flush per batch), pings when idle,
-//! drops silent clients, closes slow consumers, and leaves on shutdown or token expiry.
+//! drops silent clients, closes slow consumers, and leaves on shutdown or token expiry. Also the
+//! connection's bounded outbound queue ([`Outbound`]).
+//!
+//! Thousands of these sit idle at once, so the idle state is kept small: the queue holds memory
+//! only while frames wait, the rare steps (handshake, inbound messages, closes) run as boxed
+//! futures so their state is not part of every waiting task, one timer covers keep-alive,
+//! client timeout and token expiry, and the log span is built only when a line is logged.
 
 use super::protocol::{
     self as proto, encode_close, encode_completion, encode_handshake_ok, encode_ping,
@@ -9,21 +15,23 @@ use super::protocol::{
 use super::{HubKind, Hubs};
 use crate::auth::Principal;
 use crate::domain::{OrderStatusBroadcast, Timestamp};
+use crate::http::server::ConnectionSlot;
 use crate::http::App;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -32,42 +40,126 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued frames merged into one WebSocket message.
 const MAX_BATCH: usize = 64;
+/// Bytes read from the socket at a time. Client messages are small (pings, subscribe calls);
+/// a larger one is read in several calls. Every connection keeps a buffer this big.
+const READ_BUFFER: usize = 256;
 
-/// A connection's outbound queue, shared with the subscription table.
+/// A connection's bounded outbound queue, shared with the subscription table. The frames live
+/// in a deque that is handed whole to the connection when it drains it, so an idle connection
+/// holds no queue memory.
 pub struct Outbound {
     pub id: u64,
     pub protocol: Protocol,
-    tx: mpsc::Sender<Bytes>,
-    slow: CancellationToken,
+    queue: Mutex<Queue>,
+}
+
+struct Queue {
+    frames: VecDeque<Bytes>,
+    limit: usize,
+    /// Set by the push that found the queue full; the connection then closes.
+    slow: bool,
+    /// The connection has ended: pushes are dropped.
+    closed: bool,
+    /// The connection task, when it waits for frames.
+    waker: Option<Waker>,
+}
+
+/// What a connection finds in its queue.
+enum Queued {
+    Frames(VecDeque<Bytes>),
+    Slow,
 }
 
 impl Outbound {
-    /// A handle on a connection's bounded outbound queue (`tx`), speaking `protocol`.
-    pub fn new(id: u64, protocol: Protocol, tx: mpsc::Sender<Bytes>) -> Self {
+    /// A queue for connection `id`, speaking `protocol`, holding at most `limit` frames.
+    pub fn new(id: u64, protocol: Protocol, limit: usize) -> Self {
         Outbound {
             id,
             protocol,
-            tx,
-            slow: CancellationToken::new(),
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                limit: limit.max(1),
+                slow: false,
+                closed: false,
+                waker: None,
+            }),
         }
+    }
+
+    /// Every operation leaves the queue consistent before anything that could panic.
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a frame without waiting. Returns false when this push found the queue full: the
     /// connection is then closed as a slow consumer (reported once).
     pub fn push(&self, frame: Bytes) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.slow.is_cancelled() {
-                    true
-                } else {
-                    self.slow.cancel();
-                    false
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        let mut q = self.lock();
+        if q.closed || q.slow {
+            return true;
         }
+        let accepted = q.frames.len() < q.limit;
+        if accepted {
+            q.frames.push_back(frame);
+        } else {
+            q.slow = true;
+        }
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        accepted
     }
+
+    /// Empties the queue without sending anything; returns how many frames it held. For
+    /// benches and tests that stand in for the connection.
+    pub fn discard_queued(&self) -> usize {
+        let frames = std::mem::take(&mut self.lock().frames);
+        frames.len()
+    }
+
+    /// The next batch (at most [`MAX_BATCH`] frames), or `Slow` once the queue overflowed.
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Queued> {
+        let mut q = self.lock();
+        if q.slow {
+            return Poll::Ready(Queued::Slow);
+        }
+        if q.frames.is_empty() {
+            if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let frames = if q.frames.len() <= MAX_BATCH {
+            std::mem::take(&mut q.frames)
+        } else {
+            q.frames.drain(..MAX_BATCH).collect()
+        };
+        Poll::Ready(Queued::Frames(frames))
+    }
+
+    /// The connection has ended: drops what is queued and refuses (silently) what comes later.
+    fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        let frames = std::mem::take(&mut q.frames);
+        let waker = q.waker.take();
+        drop(q);
+        drop((frames, waker));
+    }
+}
+
+/// Joins a batch into one message payload (SignalR records are self-delimiting).
+fn merge(mut frames: VecDeque<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop_front().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for b in &frames {
+        buf.extend_from_slice(b);
+    }
+    buf.freeze()
 }
 
 /// Keeps the hub's connection count and gauge right however the task ends.
@@ -86,6 +178,22 @@ impl Drop for CountGuard {
             .metrics
             .hub_connections
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Who a connection is, for its log lines. The `hub` span is built per logged line: one held
+/// for the connection's whole life costs about half a KiB in the subscriber's registry.
+#[derive(Clone, Copy, Debug)]
+pub struct Who {
+    pub id: u64,
+    pub kind: HubKind,
+    pub peer: SocketAddr,
+    pub user: Uuid,
+}
+
+impl Who {
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("hub", conn = self.id, hub = ?self.kind, peer = %self.peer, user = %self.user)
     }
 }
 
@@ -141,13 +249,16 @@ enum Next {
     Stop,
 }
 
-struct Conn {
-    app: Arc<App>,
-    kind: HubKind,
-    principal: Principal,
-    id: u64,
+/// A connection after its handshake. It borrows what `run` was given instead of moving it: an
+/// async fn keeps its arguments' slots for its whole life, so a moved copy would be stored twice.
+struct Conn<'a> {
+    app: &'a App,
+    who: Who,
+    principal: &'a Principal,
     protocol: Protocol,
     out: Arc<Outbound>,
+    /// The start of a message that has not fully arrived (none most of the time).
+    partial: Option<Box<Decoder>>,
     orders: Vec<Uuid>,
     restaurants: Vec<Uuid>,
     /// When a completion was last written (completions bypass the queue).
@@ -156,43 +267,60 @@ struct Conn {
     client_pinged: bool,
 }
 
-pub async fn run(app: Arc<App>, upgraded: Upgraded, kind: HubKind, principal: Principal, id: u64) {
+/// Runs a hub connection from its accepted upgrade to its end. `guard` and `slot` are released
+/// when it ends (the spawned future is this function, with nothing wrapped around it).
+pub async fn run(
+    app: Arc<App>,
+    on_upgrade: OnUpgrade,
+    who: Who,
+    principal: Principal,
+    guard: CountGuard,
+    slot: Option<ConnectionSlot>,
+) {
+    let _held = (guard, slot);
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(parent: &who.span(), error = %e, "upgrade failed");
+            return;
+        }
+    };
     let s = &app.hubs.settings;
+    let (handshake_timeout, max_message, queue_frames) =
+        (s.handshake_timeout, s.max_message, s.queue_frames);
     let cfg = WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(s.max_message))
-        .max_frame_size(Some(s.max_message));
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
     let mut ws: Ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-    let Some((protocol, rest)) = handshake(&mut ws, s.handshake_timeout).await else {
+    let Some((protocol, rest)) = Box::pin(handshake(&mut ws, handshake_timeout, who)).await else {
         return;
     };
-    tracing::debug!(protocol = protocol.name(), "handshake done");
-    let (tx, rx) = mpsc::channel(s.queue_frames.max(1));
-    let out = Arc::new(Outbound::new(id, protocol, tx));
+    tracing::debug!(parent: &who.span(), protocol = protocol.name(), "handshake done");
+    let out = Arc::new(Outbound::new(who.id, protocol, queue_frames));
     let mut conn = Conn {
-        app: app.clone(),
-        kind,
-        principal,
-        id,
+        app: &app,
+        who,
+        principal: &principal,
         protocol,
         out,
+        partial: None,
         orders: Vec::new(),
         restaurants: Vec::new(),
         last_reply: Instant::now(),
         client_pinged: false,
     };
-    let mut decoder = Decoder::with_max_message_size(protocol, s.max_message);
-    decoder.push(&rest);
-    conn.serve(&mut ws, decoder, rx).await;
+    conn.serve(&mut ws, &rest).await;
+    conn.out.close();
     conn.cleanup();
 }
 
 /// Reads the handshake (TEXT or BINARY frames), answers it, and returns the protocol and any
 /// bytes that followed the handshake in the same frame.
-async fn handshake(ws: &mut Ws, timeout: Duration) -> Option<(Protocol, Vec<u8>)> {
+async fn handshake(ws: &mut Ws, timeout: Duration, who: Who) -> Option<(Protocol, Vec<u8>)> {
     let mut parser = HandshakeParser::new();
     let deadline = Instant::now() + timeout;
     loop {
@@ -228,7 +356,7 @@ async fn handshake(ws: &mut Ws, timeout: Duration) -> Option<(Protocol, Vec<u8>)
                 return Some((request.protocol, rest));
             }
             Err(e) => {
-                tracing::debug!(error = %e, "handshake refused");
+                tracing::debug!(parent: &who.span(), error = %e, "handshake refused");
                 let _ = send(ws, frame(Protocol::Json, e.response())).await;
                 let _ = ws.close(None).await;
                 return None;
@@ -237,110 +365,135 @@ async fn handshake(ws: &mut Ws, timeout: Duration) -> Option<(Protocol, Vec<u8>)
     }
 }
 
-impl Conn {
+impl Conn<'_> {
     fn hubs(&self) -> &Arc<Hubs> {
         &self.app.hubs
     }
 
-    async fn serve(&mut self, ws: &mut Ws, mut decoder: Decoder, mut rx: mpsc::Receiver<Bytes>) {
-        let s = self.hubs().settings.clone();
-        let shutdown = self.hubs().shutdown.clone();
-        let slow = self.out.slow.clone();
+    /// Boxed so the closing state is not part of every idle connection's task.
+    async fn close(&self, ws: &mut Ws, error: Option<&str>, allow_reconnect: bool) {
+        Box::pin(close(ws, self.protocol, error, allow_reconnect)).await;
+    }
+
+    /// `rest`: what followed the handshake in its frame.
+    async fn serve(&mut self, ws: &mut Ws, rest: &[u8]) {
+        let hubs = self.hubs().clone();
+        let out = self.out.clone();
         let expiry = token_deadline(self.principal.expires_at);
         let mut last_sent = Instant::now();
         let mut last_recv = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if let Next::Stop = self.drain_inbound(ws, &mut decoder).await {
-            return;
+        if !rest.is_empty() {
+            if let Next::Stop = Box::pin(self.on_payload(ws, rest)).await {
+                return;
+            }
         }
-        let mut batch: Vec<Bytes> = Vec::new();
         loop {
+            let s = &hubs.settings;
+            // One timer: the next keep-alive ping, the client timeout (armed by the client's
+            // first Ping: older clients never ping), or the token's expiry.
+            let mut wake_at = (last_sent + s.keep_alive).min(expiry);
+            if self.client_pinged {
+                wake_at = wake_at.min(last_recv + s.client_timeout);
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    close(ws, self.protocol, None, true).await;
+                _ = hubs.shutdown.cancelled() => {
+                    self.close(ws, None, true).await;
                     return;
                 }
-                _ = slow.cancelled() => {
-                    tracing::info!("slow consumer: outbound queue full, closing");
-                    close(ws, self.protocol, Some(proto::CONNECTION_CLOSED_WITH_ERROR), true).await;
-                    return;
-                }
-                _ = sleep_until(expiry) => {
-                    tracing::info!("token expired, closing");
-                    close(ws, self.protocol, Some("The access token expired. Reconnect with a new token."), true).await;
-                    return;
-                }
-                n = rx.recv_many(&mut batch, MAX_BATCH) => {
-                    if n == 0 {
+                _ = sleep_until(wake_at) => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        tracing::info!(parent: &self.who.span(), "token expired, closing");
+                        self.close(ws, Some("The access token expired. Reconnect with a new token."), true).await;
                         return;
                     }
-                    let msg = if batch.len() == 1 {
-                        batch.pop().unwrap_or_default()
-                    } else {
-                        let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-                        for b in batch.drain(..) {
-                            buf.extend_from_slice(&b);
-                        }
-                        buf.freeze()
-                    };
-                    batch.clear();
-                    if !send(ws, frame(self.protocol, msg)).await {
+                    if self.client_pinged && now >= last_recv + s.client_timeout {
+                        tracing::info!(parent: &self.who.span(), "client timeout: nothing received, closing");
+                        self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), false).await;
                         return;
                     }
-                    last_sent = Instant::now();
-                }
-                incoming = ws.next() => {
-                    last_recv = Instant::now();
-                    let payload = match incoming {
-                        Some(Ok(Message::Text(t))) => Bytes::from(t),
-                        Some(Ok(Message::Binary(b))) => b,
-                        Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => continue,
-                        Some(Ok(Message::Close(_))) | None => return,
-                        Some(Err(WsError::Capacity(_))) => {
-                            self.too_large(ws).await;
-                            return;
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "socket error");
-                            return;
-                        }
-                    };
-                    decoder.push(&payload);
-                    if let Next::Stop = self.drain_inbound(ws, &mut decoder).await {
-                        return;
-                    }
-                    last_sent = last_sent.max(self.last_reply);
-                }
-                _ = tick.tick() => {
-                    // Armed only once the client has pinged: older clients never ping.
-                    if self.client_pinged && last_recv.elapsed() >= s.client_timeout {
-                        tracing::info!("client timeout: nothing received, closing");
-                        close(ws, self.protocol, Some("Server timeout elapsed without receiving a message from the client."), false).await;
-                        return;
-                    }
-                    if last_sent.elapsed() >= s.keep_alive {
+                    if now >= last_sent + s.keep_alive {
                         if !send(ws, frame(self.protocol, encode_ping(self.protocol))).await {
                             return;
                         }
                         last_sent = Instant::now();
                     }
                 }
+                queued = std::future::poll_fn(|cx| out.poll_next(cx)) => match queued {
+                    Queued::Slow => {
+                        tracing::info!(parent: &self.who.span(), "slow consumer: outbound queue full, closing");
+                        self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), true).await;
+                        return;
+                    }
+                    Queued::Frames(frames) => {
+                        if !send(ws, frame(self.protocol, merge(frames))).await {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                    }
+                },
+                incoming = ws.next() => {
+                    last_recv = Instant::now();
+                    if let Next::Stop = Box::pin(self.on_incoming(ws, incoming)).await {
+                        return;
+                    }
+                    last_sent = last_sent.max(self.last_reply);
+                }
             }
         }
     }
 
+    /// Handles one item from the socket: decodes and answers complete messages.
+    async fn on_incoming(
+        &mut self,
+        ws: &mut Ws,
+        incoming: Option<Result<Message, WsError>>,
+    ) -> Next {
+        let payload = match incoming {
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Ping(_)))
+            | Some(Ok(Message::Pong(_)))
+            | Some(Ok(Message::Frame(_))) => return Next::Continue,
+            Some(Ok(Message::Close(_))) | None => return Next::Stop,
+            Some(Err(WsError::Capacity(_))) => {
+                self.too_large(ws).await;
+                return Next::Stop;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(parent: &self.who.span(), error = %e, "socket error");
+                return Next::Stop;
+            }
+        };
+        self.on_payload(ws, &payload).await
+    }
+
+    /// Decodes and answers the complete messages in `payload` (after any partial message kept
+    /// from earlier payloads). The decoder is kept only while a message is incomplete.
+    async fn on_payload(&mut self, ws: &mut Ws, payload: &[u8]) -> Next {
+        let mut decoder = match self.partial.take() {
+            Some(d) => *d,
+            None => Decoder::with_max_message_size(self.protocol, self.hubs().settings.max_message),
+        };
+        decoder.push(payload);
+        let next = self.drain_inbound(ws, &mut decoder).await;
+        if matches!(next, Next::Continue) && decoder.buffered() > 0 {
+            self.partial = Some(Box::new(decoder));
+        }
+        next
+    }
+
     async fn too_large(&self, ws: &mut Ws) {
-        tracing::info!("inbound message over the size limit, closing with 1009");
-        close_with(
+        tracing::info!(parent: &self.who.span(), "inbound message over the size limit, closing with 1009");
+        Box::pin(close_with(
             ws,
             self.protocol,
             Some(proto::CONNECTION_CLOSED_WITH_ERROR),
             false,
             CloseCode::Size,
             "message too big",
-        )
+        ))
         .await;
     }
 
@@ -359,14 +512,9 @@ impl Conn {
                     return Next::Stop;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "protocol error, closing");
-                    close(
-                        ws,
-                        self.protocol,
-                        Some(proto::CONNECTION_CLOSED_WITH_ERROR),
-                        false,
-                    )
-                    .await;
+                    tracing::debug!(parent: &self.who.span(), error = %e, "protocol error, closing");
+                    self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), false)
+                        .await;
                     return Next::Stop;
                 }
             }
@@ -415,7 +563,7 @@ impl Conn {
                 invocation_id,
                 target,
             } => {
-                let text = if method_of(self.kind, &target).is_some() {
+                let text = if method_of(self.who.kind, &target).is_some() {
                     proto::streaming_invocation_of_plain_method_error(&target)
                 } else {
                     proto::unknown_method_error(&target)
@@ -441,7 +589,7 @@ impl Conn {
         target: &str,
         args: &[proto::Arg],
     ) -> Result<Option<OrderStatusBroadcast>, String> {
-        let Some(method) = method_of(self.kind, target) else {
+        let Some(method) = method_of(self.who.kind, target) else {
             return Err(proto::unknown_method_error(target));
         };
         let Some(id) =
@@ -453,7 +601,7 @@ impl Conn {
             Method::SubscribeToOrder => self.subscribe_order(target, id).map(Some),
             Method::UnsubscribeFromOrder => {
                 self.orders.retain(|o| *o != id);
-                if self.hubs().orders.unsubscribe(id, self.id) {
+                if self.hubs().orders.unsubscribe(id, self.who.id) {
                     self.hubs()
                         .metrics
                         .hub_subscriptions
@@ -480,7 +628,7 @@ impl Conn {
                     if self
                         .hubs()
                         .restaurants
-                        .subscribe(id, self.id, self.out.clone())
+                        .subscribe(id, self.who.id, self.out.clone())
                     {
                         self.hubs()
                             .metrics
@@ -493,7 +641,7 @@ impl Conn {
             }
             Method::UnsubscribeFromRestaurant => {
                 self.restaurants.retain(|r| *r != id);
-                if self.hubs().restaurants.unsubscribe(id, self.id) {
+                if self.hubs().restaurants.unsubscribe(id, self.who.id) {
                     self.hubs()
                         .metrics
                         .hub_subscriptions
@@ -507,8 +655,8 @@ impl Conn {
     /// Live subscriptions. Orders whose group was dropped after a terminal event no longer
     /// count (the table is the truth; the connection's list is pruned here).
     fn subscription_count(&mut self) -> usize {
-        let hubs = self.app.hubs.clone();
-        let id = self.id;
+        let hubs = self.hubs().clone();
+        let id = self.who.id;
         self.orders.retain(|o| hubs.orders.is_subscribed(*o, id));
         self.orders.len() + self.restaurants.len()
     }
@@ -521,7 +669,7 @@ impl Conn {
             Ok(Some(o)) if self.principal.can_see(&o) => o,
             Ok(_) => return Err(hidden()),
             Err(e) => {
-                tracing::warn!(error = %e, "store read failed during subscribe");
+                tracing::warn!(parent: &self.who.span(), error = %e, "store read failed during subscribe");
                 return Err(proto::invocation_failed_error(target));
             }
         };
@@ -536,7 +684,11 @@ impl Conn {
                     "Too many subscriptions on this connection.",
                 ));
             }
-            if self.hubs().orders.subscribe(id, self.id, self.out.clone()) {
+            if self
+                .hubs()
+                .orders
+                .subscribe(id, self.who.id, self.out.clone())
+            {
                 self.hubs()
                     .metrics
                     .hub_subscriptions
@@ -553,7 +705,7 @@ impl Conn {
             // It finished in between; its group may already have been dropped, so do not
             // leave a subscription that nothing would ever remove.
             self.orders.retain(|o| *o != id);
-            if self.hubs().orders.unsubscribe(id, self.id) {
+            if self.hubs().orders.unsubscribe(id, self.who.id) {
                 self.hubs()
                     .metrics
                     .hub_subscriptions
@@ -564,22 +716,22 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
-        let hubs = self.app.hubs.clone();
+        let hubs = self.hubs().clone();
         let mut removed = 0i64;
         for id in self.orders.drain(..) {
-            if hubs.orders.unsubscribe(id, self.id) {
+            if hubs.orders.unsubscribe(id, self.who.id) {
                 removed += 1;
             }
         }
         for id in self.restaurants.drain(..) {
-            if hubs.restaurants.unsubscribe(id, self.id) {
+            if hubs.restaurants.unsubscribe(id, self.who.id) {
                 removed += 1;
             }
         }
         hubs.metrics
             .hub_subscriptions
             .fetch_sub(removed, Ordering::Relaxed);
-        tracing::debug!("connection closed");
+        tracing::debug!(parent: &self.who.span(), "connection closed");
     }
 }
 

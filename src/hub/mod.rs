@@ -357,24 +357,23 @@ fn upgrade(
         .extensions_mut()
         .remove::<crate::http::server::ConnectionSlot>();
     let conn_id = hubs.next_id.fetch_add(1, Ordering::Relaxed);
-    let app2 = app.clone();
     hubs.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
-    hubs.tracker.spawn(async move {
-        let span = tracing::info_span!("hub", conn = conn_id, hub = ?kind, peer = %peer, user = %principal.sub);
-        let guard = connection::CountGuard::new(app2.hubs.clone());
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                tracing::Instrument::instrument(
-                    connection::run(app2, upgraded, kind, principal, conn_id),
-                    span,
-                )
-                .await
-            }
-            Err(e) => tracing::debug!(parent: &span, error = %e, "upgrade failed"),
-        }
-        drop(guard);
-        drop(held);
-    });
+    let guard = connection::CountGuard::new(hubs.clone());
+    let who = connection::Who {
+        id: conn_id,
+        kind,
+        peer,
+        user: principal.sub,
+    };
+    // The connection's future is spawned as it is: every byte of it is held per connection.
+    hubs.tracker.spawn(connection::run(
+        app.clone(),
+        on_upgrade,
+        who,
+        principal,
+        guard,
+        held,
+    ));
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();

@@ -125,6 +125,11 @@ impl<H> SubscriptionTable<H> {
         if group.iter().any(|(c, _)| *c == conn) {
             return false;
         }
+        // Most keys have one subscriber: a new group gets room for exactly one (a plain push
+        // would reserve four); later pushes grow it as usual.
+        if group.is_empty() {
+            group.reserve_exact(1);
+        }
         group.push((conn, handle));
         shard.subscriptions += 1;
         true
