@@ -42,7 +42,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 64;
 /// Bytes read from the socket at a time. Client messages are small (pings, subscribe calls);
 /// a larger one is read in several calls. Every connection keeps a buffer this big.
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 
 /// A connection's bounded outbound queue, shared with the subscription table. The frames live
 /// in a deque that is handed whole to the connection when it drains it, so an idle connection
@@ -207,9 +207,11 @@ fn frame(protocol: Protocol, bytes: Bytes) -> Message {
     }
 }
 
+/// Writes and flushes one message. Boxed: a write in progress (a timer and the message) is
+/// then held only while it lasts, not reserved in every connection's task.
 async fn send(ws: &mut Ws, msg: Message) -> bool {
     matches!(
-        tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await,
+        Box::pin(tokio::time::timeout(SEND_TIMEOUT, ws.send(msg))).await,
         Ok(Ok(()))
     )
 }
@@ -253,7 +255,7 @@ enum Next {
 /// async fn keeps its arguments' slots for its whole life, so a moved copy would be stored twice.
 struct Conn<'a> {
     app: &'a App,
-    who: Who,
+    who: &'a Who,
     principal: &'a Principal,
     protocol: Protocol,
     out: Arc<Outbound>,
@@ -294,16 +296,21 @@ pub async fn run(
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
-    let mut ws: Ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-    let Some((protocol, rest)) = Box::pin(handshake(&mut ws, handshake_timeout, who)).await else {
+    // Boxed: the opening steps' state is not kept for the connection's whole life.
+    let opened = Box::pin(async move {
+        let mut ws: Ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+        let (protocol, rest) = handshake(&mut ws, handshake_timeout, who).await?;
+        Some((ws, protocol, rest))
+    });
+    let Some((mut ws, protocol, rest)) = opened.await else {
         return;
     };
     tracing::debug!(parent: &who.span(), protocol = protocol.name(), "handshake done");
     let out = Arc::new(Outbound::new(who.id, protocol, queue_frames));
     let mut conn = Conn {
         app: &app,
-        who,
+        who: &who,
         principal: &principal,
         protocol,
         out,
