@@ -11,7 +11,7 @@ SIZE=${1:-full}
 if [ "$SIZE" = tiny ]; then
   CONNS=200; RATE=200; CHANGES=400; POLL_S=2; WRITES=800; STORM=200; SEED=5000
 else
-  CONNS=19000; RATE=2000; CHANGES=40000; POLL_S=10; WRITES=40000; STORM=19000; SEED=1000000
+  CONNS=19000; RATE=2000; CHANGES=40000; POLL_S=10; WRITES=24000; STORM=19000; SEED=1000000
 fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$SIZE" = tiny ]; then
@@ -93,7 +93,20 @@ for k in "hub connections (subscribed)" "connect+handshake+subscribe rate" \
 done
 start_server "$WORK/data2"
 run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S
-run "write: durable transitions from 64 concurrent writers" write --writers 64 --transitions $WRITES
+# The write baseline: a second server committing every request alone (no group commit, no
+# commit log), given the same workload in alternating rounds of the same run.
+BASE_PORT=$((PORT + 2))
+"$OT" serve --listen 127.0.0.1:$BASE_PORT --data-dir "$WORK/base" --jwt-secret $SECRET \
+  --writer-max-batch 1 --commit-log-mb 0 >"$WORK/base.log" 2>&1 &
+BASE_PID=$!
+for _ in $(seq 1 500); do
+  curl -sf "http://127.0.0.1:$BASE_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.01
+done
+run "write: durable transitions from 64 concurrent writers vs one commit per request" \
+  write --writers 64 --transitions $WRITES --rounds 3 \
+  --baseline 127.0.0.1:$BASE_PORT --baseline-label "one commit per request"
+kill -TERM $BASE_PID; wait $BASE_PID || true
 run "storm: $STORM clients drop and come back at once" storm --connections $STORM --sources 8
 stop_server
 

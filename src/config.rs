@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// redb page cache in MiB [default: 64].
     #[arg(long, env = "ORDERTRACK_CACHE_MB")]
     pub cache_mb: Option<usize>,
+    /// Commit log size in MiB; 0 turns the log off (every write batch is then a durable redb
+    /// commit) [default: 64].
+    #[arg(long, env = "ORDERTRACK_COMMIT_LOG_MB")]
+    pub commit_log_mb: Option<usize>,
+    /// Most write requests committed together (group commit); 1 commits each request alone
+    /// [default: 512].
+    #[arg(long, env = "ORDERTRACK_WRITER_MAX_BATCH")]
+    pub writer_max_batch: Option<usize>,
     /// Hub keep-alive: send a Ping after this many milliseconds without sending [default: 15000].
     #[arg(long, env = "ORDERTRACK_HUB_KEEPALIVE_MS")]
     pub hub_keepalive_ms: Option<u64>,
@@ -140,6 +148,8 @@ pub struct FileConfig {
     pub max_hub_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub cache_mb: Option<usize>,
+    pub commit_log_mb: Option<usize>,
+    pub writer_max_batch: Option<usize>,
     pub hub_keepalive_ms: Option<u64>,
     pub hub_client_timeout_ms: Option<u64>,
     pub hub_handshake_timeout_ms: Option<u64>,
@@ -183,6 +193,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub cache_mb: usize,
+    pub commit_log_mb: usize,
+    pub writer_max_batch: usize,
     pub hub: crate::hub::HubSettings,
 }
 
@@ -314,6 +326,12 @@ impl Settings {
                 .or(f.max_connections_per_ip)
                 .unwrap_or(19_000),
             cache_mb: a.cache_mb.or(f.cache_mb).unwrap_or(64),
+            commit_log_mb: a.commit_log_mb.or(f.commit_log_mb).unwrap_or(64),
+            writer_max_batch: a
+                .writer_max_batch
+                .or(f.writer_max_batch)
+                .unwrap_or(512)
+                .max(1),
             hub: {
                 let d = crate::hub::HubSettings::default();
                 let ms = std::time::Duration::from_millis;

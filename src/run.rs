@@ -76,6 +76,7 @@ pub(crate) async fn serve_with(
         &settings.data_dir,
         &StoreSettings {
             cache_bytes: settings.cache_mb.max(1) * 1024 * 1024,
+            commit_log_bytes: settings.commit_log_mb as u64 * 1024 * 1024,
         },
     )?;
     let metrics = Arc::new(Metrics::new());
@@ -87,7 +88,10 @@ pub(crate) async fn serve_with(
     );
     let (writer, writer_thread) = store::writer::spawn(
         &store,
-        WriterSettings::default(),
+        WriterSettings {
+            max_batch: settings.writer_max_batch,
+            ..WriterSettings::default()
+        },
         hubs.clone(),
         Some(metrics.clone()),
     )?;

@@ -235,3 +235,26 @@ fn a_damaged_file_fails_the_check() {
         text(&o)
     );
 }
+
+#[test]
+fn offline_commands_after_a_kill_see_the_writes_only_the_commit_log_held() {
+    // Writes are made durable by the commit log and reach redb's own file at checkpoints (every
+    // few seconds under load); a kill right after them leaves them in the log only. The offline
+    // commands must apply the log before they look at the file.
+    let mut server = Server::start();
+    let cast = Cast::new();
+    let _delivered = order_in(&server, &cast, "Delivered");
+    let _placed = order_in(&server, &cast, "Placed");
+    server.kill9();
+    let dir = server.dir.clone();
+    let d = dir.to_str().unwrap().to_string();
+    let o = ot(&["db", "check", "--data-dir", &d, "--jwt-secret", SECRET]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = stats_json(&dir, &[]);
+    assert_eq!(v["orders"], 2, "{v}");
+    assert_eq!(v["ordersByStatus"]["Delivered"], 1, "{v}");
+    // The server starts on the same directory and has them too.
+    server.restart();
+    let v = stats_json(&dir, &["--url", &server.base]);
+    assert_eq!(v["orders"], 2, "{v}");
+}

@@ -97,8 +97,15 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
         return;
     };
     // The data directory is the mount itself, so the server's log (beside it) is not on it.
+    // A 2 MiB commit log: its space is reserved up front, so once the disk is full writes go
+    // on through the log until its first checkpoint, which fails; from then on each write
+    // tries a checkpoint and gets a 503 until space returns.
     let dir = fs.mount.clone();
-    let mut server = Server::spawn_on(free_port(), &dir, &["--cache-mb", "4"]);
+    let mut server = Server::spawn_on(
+        free_port(),
+        &dir,
+        &["--cache-mb", "4", "--commit-log-mb", "2"],
+    );
     let cast = Cast::new();
     let c = client();
     // A file several times larger than the 1 MiB page cache, so reads really hit the file.

@@ -8,7 +8,7 @@
 //! `/admin/db/…`; see `crate::db`.
 
 use super::schema::*;
-use super::{decode, IdempotencyRecord, Store};
+use super::{decode, wal, IdempotencyRecord, Store};
 use crate::domain::{Order, OrderEvent, OrderStatus};
 use redb::{
     Database, DatabaseError, Durability, Key, MultimapTableHandle, ReadOnlyDatabase,
@@ -75,15 +75,34 @@ fn existing(dir: &Path) -> Result<PathBuf, MaintenanceError> {
     Ok(path)
 }
 
+/// Applies the commit log a server left (killed, or stopped before its last checkpoint), so
+/// the file alone is complete before it is checked, compacted or copied. Returns the open
+/// database when there was a log.
+fn settle_log(dir: &Path, path: &Path) -> Result<Option<Database>, MaintenanceError> {
+    let log_path = dir.join(wal::LOG_FILE);
+    if !log_path.is_file() {
+        return Ok(None);
+    }
+    let db = opened(path, Database::builder().open(path))?;
+    let mut log =
+        wal::CommitLog::open(&log_path, 0).map_err(|e| MaintenanceError::Io(log_path, e))?;
+    wal::replay(&db, &mut log, true).map_err(|e| MaintenanceError::Storage(e.to_string()))?;
+    Ok(Some(db))
+}
+
 /// Opens the database of `dir` for writing (exclusive; `InUse` while a server runs).
 pub fn open_exclusive(dir: &Path) -> Result<Database, MaintenanceError> {
     let path = existing(dir)?;
+    if let Some(db) = settle_log(dir, &path)? {
+        return Ok(db);
+    }
     opened(&path, Database::builder().open(&path))
 }
 
 /// Opens the database of `dir` read-only (`InUse` while a server runs).
 pub fn open_read_only(dir: &Path) -> Result<ReadOnlyDatabase, MaintenanceError> {
     let path = existing(dir)?;
+    drop(settle_log(dir, &path)?);
     opened(&path, redb::Builder::new().open_read_only(&path))
 }
 

@@ -5,6 +5,7 @@
 pub mod heads;
 pub mod maintenance;
 pub mod schema;
+pub mod wal;
 pub mod writer;
 
 use crate::domain::{Order, OrderEvent, OrderStatus};
@@ -12,7 +13,7 @@ use redb::{Database, ReadableDatabase};
 use schema::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use uuid::Uuid;
@@ -80,6 +81,8 @@ struct Shared {
     path: PathBuf,
     settings: StoreSettings,
     heads: heads::LiveHeads,
+    /// The commit log (`None` when turned off); only the writer thread uses it.
+    log: Mutex<Option<wal::CommitLog>>,
 }
 
 struct Slot {
@@ -105,14 +108,42 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
     pub cache_bytes: usize,
+    /// Size of the commit log file (`wal.rs`); 0 turns the log off, and every batch is then a
+    /// durable redb commit.
+    pub commit_log_bytes: u64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             cache_bytes: 64 * 1024 * 1024,
+            commit_log_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// Opens the commit log of `dir` and applies what redb lacks, durably. With the log turned off
+/// a log left from an earlier run is still applied, then removed.
+fn open_log(
+    dir: &Path,
+    db: &Database,
+    settings: &StoreSettings,
+) -> Result<Option<wal::CommitLog>, StoreError> {
+    let path = dir.join(wal::LOG_FILE);
+    if settings.commit_log_bytes == 0 && !path.exists() {
+        return Ok(None);
+    }
+    let mut log = wal::CommitLog::open(&path, settings.commit_log_bytes).map_err(StoreError::io)?;
+    let applied = wal::replay(db, &mut log, true)?;
+    if applied > 0 {
+        tracing::info!(records = applied, "applied the commit log's writes");
+    }
+    if settings.commit_log_bytes == 0 {
+        drop(log);
+        std::fs::remove_file(&path).map_err(StoreError::io)?;
+        return Ok(None);
+    }
+    Ok(Some(log))
 }
 
 /// Opens (or creates) the file with the configured page cache; repairs it if it was not
@@ -142,6 +173,7 @@ impl Store {
             txn.open_table(META).map_err(StoreError::io)?;
         }
         txn.commit().map_err(StoreError::io)?;
+        let log = open_log(dir, &db, settings)?;
         Ok(Store {
             shared: Arc::new(Shared {
                 slot: RwLock::new(Slot {
@@ -151,6 +183,7 @@ impl Store {
                 path,
                 settings: settings.clone(),
                 heads: heads::LiveHeads::default(),
+                log: Mutex::new(log),
             }),
         })
     }
@@ -214,11 +247,44 @@ impl Store {
         self.reopen(&mut slot);
     }
 
-    /// Opens the file (repairing it if needed) into `slot`.
+    /// The commit log, for the writer thread.
+    pub(crate) fn log(&self) -> MutexGuard<'_, Option<wal::CommitLog>> {
+        self.shared.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes everything committed so far durable in redb itself, so the commit log is not
+    /// needed to open the file (on shutdown).
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut guard = self.log();
+        let Some(log) = guard.as_mut() else {
+            return Ok(());
+        };
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(StoreError::io)?;
+        txn.set_quick_repair(writer::QUICK_REPAIR);
+        let last = log.last_seq();
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+            meta.insert(LOG_SEQ, last).map_err(StoreError::io)?;
+        }
+        txn.commit().map_err(StoreError::io)?;
+        log.checkpointed(last);
+        Ok(())
+    }
+
+    /// Opens the file (repairing it if needed) into `slot`, and applies the commit log's
+    /// records the file lacks in memory only: the disk may still be full, and the writer's
+    /// next batch is a durable checkpoint anyway.
     fn reopen(&self, slot: &mut Slot) {
         slot.last_attempt = Some(Instant::now());
         let started = Instant::now();
-        match open_file(&self.shared.path, &self.shared.settings) {
+        let opened = open_file(&self.shared.path, &self.shared.settings).and_then(|db| {
+            if let Some(log) = self.log().as_mut() {
+                wal::replay(&db, log, false)?;
+            }
+            Ok(db)
+        });
+        match opened {
             Ok(db) => {
                 tracing::info!(
                     millis = started.elapsed().as_millis() as u64,

@@ -4,6 +4,7 @@
 //! answers each request. Nothing is acknowledged before its commit returned.
 
 use super::schema::*;
+use super::wal::{Redo, Tab};
 use super::{decode, encode, IdempotencyRecord, Store, StoreError};
 use crate::auth::Principal;
 use crate::domain::status::decide_any;
@@ -11,7 +12,7 @@ use crate::domain::{
     Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent, OrderStatus,
     OrderStatusBroadcast, Refusal, Step, Timestamp,
 };
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -207,10 +208,12 @@ struct Tables<'t> {
     outbox: Table<'t, u64, &'static [u8]>,
     idem: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
+    /// Every write, for the commit log: only the methods below change a table.
+    redo: &'t mut Redo,
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction, redo: &'t mut Redo) -> Result<Self, StoreError> {
         Ok(Tables {
             orders: txn.open_table(ORDERS).map_err(StoreError::io)?,
             by_customer: txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?,
@@ -219,6 +222,7 @@ impl<'t> Tables<'t> {
             outbox: txn.open_table(OUTBOX).map_err(StoreError::io)?,
             idem: txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?,
             meta: txn.open_table(META).map_err(StoreError::io)?,
+            redo,
         })
     }
 
@@ -233,6 +237,24 @@ impl<'t> Tables<'t> {
 
     fn set_meta(&mut self, key: &str, v: u64) -> Result<(), StoreError> {
         self.meta.insert(key, v).map_err(StoreError::io)?;
+        self.redo.put(Tab::Meta, key.as_bytes(), &v.to_le_bytes());
+        Ok(())
+    }
+
+    fn put_event(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.outbox.insert(seq, bytes).map_err(StoreError::io)?;
+        self.redo.put(Tab::Outbox, &seq.to_le_bytes(), bytes);
+        if seq > OUTBOX_KEEP {
+            let old = seq - OUTBOX_KEEP;
+            self.outbox.remove(old).map_err(StoreError::io)?;
+            self.redo.delete(Tab::Outbox, &old.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn put_idempotency(&mut self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.idem.insert(key, bytes).map_err(StoreError::io)?;
+        self.redo.put(Tab::Idempotency, key.as_bytes(), bytes);
         Ok(())
     }
 
@@ -252,8 +274,10 @@ impl<'t> Tables<'t> {
         let next = (cur as i64 + delta).max(0) as u64;
         if next == 0 {
             self.counts.remove(&k).map_err(StoreError::io)?;
+            self.redo.delete(Tab::Counts, &k);
         } else {
             self.counts.insert(&k, next).map_err(StoreError::io)?;
+            self.redo.put(Tab::Counts, &k, &next.to_le_bytes());
         }
         Ok(())
     }
@@ -263,13 +287,16 @@ impl<'t> Tables<'t> {
         self.orders
             .insert(order.id.as_bytes(), bytes.as_slice())
             .map_err(StoreError::io)?;
+        self.redo.put(Tab::Orders, order.id.as_bytes(), &bytes);
         let code = order.status.code();
         let ck = index_key(order.customer_id, order.placed_at, order.id);
         self.by_customer.insert(&ck, code).map_err(StoreError::io)?;
+        self.redo.put(Tab::ByCustomer, &ck, &[code]);
         let rk = index_key(order.restaurant_id, order.placed_at, order.id);
         self.by_restaurant
             .insert(&rk, code)
             .map_err(StoreError::io)?;
+        self.redo.put(Tab::ByRestaurant, &rk, &[code]);
         Ok(())
     }
 }
@@ -281,6 +308,8 @@ struct Writer {
     last_now: i64,
     /// Recycled buffer of events of the current batch.
     events: Vec<Arc<OrderEvent>>,
+    /// Recycled buffer of the current batch's writes (the commit log record).
+    redo: Redo,
 }
 
 impl Writer {
@@ -300,6 +329,7 @@ impl Writer {
             max_batch,
             last_now,
             events: Vec::new(),
+            redo: Redo::default(),
         })
     }
 
@@ -351,37 +381,101 @@ impl Writer {
             }
             batch.clear();
         }
+        if let Err(e) = self.store.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed; the commit log keeps the writes");
+        }
         tracing::info!("writer stopped: every handle dropped");
     }
 
     /// Applies a batch in one transaction and commits it, recording each command's answer.
-    /// Answers are only sent by the caller, after this returned `Ok` (the commit is durable).
+    /// Answers are only sent by the caller, after this returned `Ok` (the batch is durable).
+    ///
+    /// Durable means one of two things. Usually the batch's writes are appended to the commit
+    /// log and synced there, then committed to redb without a sync. When the log asks for a
+    /// checkpoint (half full, five seconds old, or after a failure), the batch is instead committed
+    /// durably to redb itself, which also makes every earlier unsynced commit durable, and the
+    /// log starts over.
     fn apply(&mut self, batch: &mut [Command]) -> Result<(), StoreError> {
         let db = self.store.writable_db()?;
         let mut txn = db.begin_write().map_err(StoreError::io)?;
         txn.set_quick_repair(QUICK_REPAIR);
-        {
-            let mut t = Tables::open(&txn)?;
-            let mut seq = t.meta(EVENT_SEQ)?;
-            for cmd in batch.iter_mut() {
-                match cmd {
-                    Command::Place(job) => {
-                        job.answer = Some(self.place(&mut t, &job.req, &mut seq)?);
-                    }
-                    Command::Act(job) => {
-                        job.answer = Some(self.act(&mut t, &job.req, &mut seq)?);
-                    }
+        let mut redo = std::mem::take(&mut self.redo);
+        redo.clear();
+        let applied = self.apply_commands(&txn, &mut redo, batch);
+        let result = applied.and_then(|()| {
+            if batch.iter().all(|c| c.changed_order().is_none()) {
+                // Only refusals, repeats and replays: their answers need no commit (and no
+                // fsync).
+                return txn.abort().map_err(StoreError::io);
+            }
+            self.commit(txn, &redo)
+        });
+        self.redo = redo;
+        result
+    }
+
+    fn apply_commands(
+        &mut self,
+        txn: &WriteTransaction,
+        redo: &mut Redo,
+        batch: &mut [Command],
+    ) -> Result<(), StoreError> {
+        let mut t = Tables::open(txn, redo)?;
+        let mut seq = t.meta(EVENT_SEQ)?;
+        for cmd in batch.iter_mut() {
+            match cmd {
+                Command::Place(job) => {
+                    job.answer = Some(self.place(&mut t, &job.req, &mut seq)?);
+                }
+                Command::Act(job) => {
+                    job.answer = Some(self.act(&mut t, &job.req, &mut seq)?);
                 }
             }
-            t.set_meta(EVENT_SEQ, seq)?;
-            t.set_meta(CLOCK, self.last_now.max(0) as u64)?;
         }
-        if batch.iter().all(|c| c.changed_order().is_none()) {
-            // Only refusals, repeats and replays: their answers need no commit (and no fsync).
-            txn.abort().map_err(StoreError::io)?;
+        t.set_meta(EVENT_SEQ, seq)?;
+        t.set_meta(CLOCK, self.last_now.max(0) as u64)?;
+        Ok(())
+    }
+
+    /// Makes the batch durable: through the commit log, or as a checkpoint.
+    fn commit(&mut self, mut txn: WriteTransaction, redo: &Redo) -> Result<(), StoreError> {
+        let mut guard = self.store.log();
+        let Some(log) = guard.as_mut() else {
+            return txn.commit().map_err(StoreError::io);
+        };
+        let checkpoint = log.wants_checkpoint(redo.bytes().len());
+        let seq = if checkpoint {
+            log.last_seq()
+        } else {
+            log.next_seq()
+        };
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+            meta.insert(LOG_SEQ, seq).map_err(StoreError::io)?;
+        }
+        if checkpoint {
+            let started = Instant::now();
+            let committed = txn.commit();
+            tracing::debug!(
+                millis = started.elapsed().as_secs_f64() * 1000.0,
+                "checkpoint: redb commit made durable"
+            );
+            if let Err(e) = committed {
+                log.mark_checkpoint_due();
+                return Err(StoreError::io(e));
+            }
+            log.checkpointed(seq);
             return Ok(());
         }
-        txn.commit().map_err(StoreError::io)?;
+        // The record first: once it is synced the batch survives a crash, so redb's copy can
+        // wait for the next checkpoint. A failed append drops (aborts) the transaction.
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::io)?;
+        log.append(redo.bytes()).map_err(StoreError::io)?;
+        if let Err(e) = txn.commit() {
+            log.revoke_last();
+            return Err(StoreError::io(e));
+        }
         Ok(())
     }
 
@@ -400,14 +494,7 @@ impl Writer {
             dto: OrderStatusBroadcast::of(order, order.updated_at, Some(Uuid::now_v7())),
         };
         let bytes = encode(&event)?;
-        t.outbox
-            .insert(*seq, bytes.as_slice())
-            .map_err(StoreError::io)?;
-        if *seq > OUTBOX_KEEP {
-            t.outbox
-                .remove(*seq - OUTBOX_KEEP)
-                .map_err(StoreError::io)?;
-        }
+        t.put_event(*seq, &bytes)?;
         self.events.push(Arc::new(event));
         Ok(())
     }
@@ -450,9 +537,7 @@ impl Writer {
                 created_ms: now.millis(),
             };
             let bytes = encode(&rec)?;
-            t.idem
-                .insert(key.as_str(), bytes.as_slice())
-                .map_err(StoreError::io)?;
+            t.put_idempotency(key, &bytes)?;
         }
         Ok(Placed::Created(order))
     }

@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod write;
+
 mod socketio;
 
 #[derive(Parser, Debug)]
@@ -113,6 +115,16 @@ enum Scenario {
         writers: usize,
         #[arg(long, default_value_t = 4000)]
         transitions: u64,
+        /// A second server (e.g. started with `--writer-max-batch 1`) that gets the same
+        /// workload in alternating rounds of the same run: the baseline.
+        #[arg(long)]
+        baseline: Option<SocketAddr>,
+        /// How the baseline differs, for the table.
+        #[arg(long, default_value = "one commit per request")]
+        baseline_label: String,
+        /// Alternating rounds (each runs transitions/rounds on every server).
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
     },
 }
 
@@ -144,7 +156,22 @@ fn main() {
             Scenario::Write {
                 writers,
                 transitions,
-            } => write(&cli, *writers, *transitions).await,
+                baseline,
+                baseline_label,
+                rounds,
+            } => {
+                write::run(
+                    &cli,
+                    write::Plan {
+                        writers: *writers,
+                        transitions: *transitions,
+                        baseline: *baseline,
+                        baseline_label: baseline_label.clone(),
+                        rounds: *rounds,
+                    },
+                )
+                .await
+            }
             Scenario::Poll {
                 connections,
                 seconds,
@@ -647,76 +674,6 @@ async fn fanout(
     ));
     t.push_str(&format!("| lost / duplicated | {lost} / {dup} |\n"));
     Ok(t)
-}
-
-async fn write(cli: &Cli, writers: usize, transitions: u64) -> R<String> {
-    let Cast {
-        minter: _,
-        restaurant,
-        service,
-        staff,
-    } = Cast::new(&cli.secret)?;
-    let n_orders = (transitions / 4).max(1) as usize;
-    let customers: Vec<Uuid> = (0..n_orders).map(|_| Uuid::new_v4()).collect();
-    let orders = Arc::new(place_orders(cli.addr, &service, restaurant, &customers).await?);
-    let eta = (chrono::Utc::now() + chrono::Duration::minutes(60))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let next = Arc::new(AtomicU64::new(0));
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (orders, next, lat, staff, eta) = (
-            orders.clone(),
-            next.clone(),
-            lat.clone(),
-            staff.clone(),
-            eta.clone(),
-        );
-        let addr = cli.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut http = Http::connect(addr).await?;
-            let actions = ["accept", "preparing", "ready", "delivered"];
-            // Each writer owns the orders i ≡ w (mod writers) and walks each through its life.
-            let _ = next;
-            let mut i = w;
-            while i < orders.len() {
-                for (step, a) in actions.iter().enumerate() {
-                    let body = if step == 0 {
-                        format!("{{\"estimatedDeliveryTime\":\"{eta}\"}}")
-                    } else {
-                        "{}".into()
-                    };
-                    let s = Instant::now();
-                    let (st, _) = http
-                        .post(&format!("/api/v1/orders/{}/{a}", orders[i]), &staff, body)
-                        .await?;
-                    if st != 200 {
-                        return Err(format!("{a} answered {st}"));
-                    }
-                    if let Ok(mut l) = lat.lock() {
-                        l.push(s.elapsed().as_secs_f64() * 1000.0);
-                    }
-                }
-                i += writers;
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let mut l = lat.lock().map_err(|_| "lock")?.clone();
-    l.sort_by(|a, b| a.total_cmp(b));
-    Ok(format!(
-        "| metric | value |\n|---|---|\n| writers | {writers} |\n| durable transitions | {} in {secs:.2} s |\n| transitions/s | {:.0} |\n| latency p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
-        l.len(),
-        l.len() as f64 / secs,
-        percentile(&l, 0.5),
-        percentile(&l, 0.99),
-        l.last().copied().unwrap_or(f64::NAN)
-    ))
 }
 
 /// Serves `body_size` bytes of JSON to every request until killed.

@@ -1,0 +1,520 @@
+//! The commit log in front of redb. A durable redb commit rewrites every page a batch touched
+//! (scattered over the file) and syncs twice; appending the batch's writes to one preallocated
+//! file and syncing that once costs a fraction of it. So the writer appends each batch here,
+//! syncs, commits it to redb without syncing (`Durability::None`), and answers. Every so often
+//! (log half full, or five seconds since the last one) a batch is committed durably instead: a
+//! checkpoint, after which the log starts again at offset 0. Opening the store applies the
+//! records redb had not made durable (`replay`).
+//!
+//! A record is `magic u32 ‖ seq u64 ‖ len u32 ‖ crc32 u32 ‖ payload`, little endian, the CRC
+//! covering seq, len and payload. Sequence numbers grow by one per record for the life of the
+//! database and redb stores the last one it includes (`META["log_seq"]`), so replay reads the
+//! chain of valid records from offset 0 and applies those redb does not have; older records
+//! left behind by an earlier pass over the file break the chain and are never read as new.
+//!
+//! The payload is the batch's writes, table by table (`Redo`): replay repeats them exactly,
+//! without deciding anything again.
+
+use super::schema::*;
+use super::StoreError;
+use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The log's file name inside the data directory.
+pub const LOG_FILE: &str = "orders.wal";
+const MAGIC: u32 = 0x4F54_4C31;
+const HEADER: usize = 20;
+/// Longest time between two checkpoints while writes come in.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// The tables a redo operation can touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tab {
+    Orders = 1,
+    ByCustomer = 2,
+    ByRestaurant = 3,
+    Counts = 4,
+    Outbox = 5,
+    Idempotency = 6,
+    Meta = 7,
+}
+
+impl Tab {
+    fn of(code: u8) -> Option<Tab> {
+        Some(match code {
+            1 => Tab::Orders,
+            2 => Tab::ByCustomer,
+            3 => Tab::ByRestaurant,
+            4 => Tab::Counts,
+            5 => Tab::Outbox,
+            6 => Tab::Idempotency,
+            7 => Tab::Meta,
+            _ => return None,
+        })
+    }
+}
+
+const DELETE: u8 = 0x80;
+
+/// The writes of one batch in the order they were made: the payload of one log record.
+/// Each operation is `tag u8 ‖ key len u16 ‖ key ‖ [value len u32 ‖ value]`; the tag is the
+/// table's code, with the high bit set for a removal (which has no value).
+#[derive(Default, Debug)]
+pub struct Redo {
+    buf: Vec<u8>,
+}
+
+impl Redo {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn put(&mut self, tab: Tab, key: &[u8], value: &[u8]) {
+        self.buf.push(tab as u8);
+        self.buf
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(key);
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(value);
+    }
+
+    pub fn delete(&mut self, tab: Tab, key: &[u8]) {
+        self.buf.push(tab as u8 | DELETE);
+        self.buf
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(key);
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("commit log record: {what}"))
+}
+
+/// Reads `n` bytes at `*at`, advancing it.
+fn take<'a>(p: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], StoreError> {
+    let end = at.checked_add(n).filter(|e| *e <= p.len());
+    let end = end.ok_or_else(|| corrupt("truncated operation"))?;
+    let s = &p[*at..end];
+    *at = end;
+    Ok(s)
+}
+
+fn fixed<const N: usize>(b: &[u8]) -> Result<&[u8; N], StoreError> {
+    b.try_into().map_err(|_| corrupt("key of the wrong size"))
+}
+
+fn number(b: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_le_bytes(*fixed::<8>(b)?))
+}
+
+fn text(b: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(b).map_err(|_| corrupt("key is not UTF-8"))
+}
+
+/// Repeats the writes of each payload, in order, in `txn`.
+pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreError> {
+    let io = StoreError::io;
+    let mut orders = txn.open_table(ORDERS).map_err(io)?;
+    let mut by_customer = txn.open_table(BY_CUSTOMER).map_err(io)?;
+    let mut by_restaurant = txn.open_table(BY_RESTAURANT).map_err(io)?;
+    let mut counts = txn.open_table(CUSTOMER_COUNTS).map_err(io)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(io)?;
+    let mut idem = txn.open_table(IDEMPOTENCY).map_err(io)?;
+    let mut meta = txn.open_table(META).map_err(io)?;
+    for payload in payloads {
+        let mut at = 0;
+        while at < payload.len() {
+            let tag = take(payload, &mut at, 1)?[0];
+            let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
+            let klen = u16::from_le_bytes(*fixed::<2>(take(payload, &mut at, 2)?)?) as usize;
+            let key = take(payload, &mut at, klen)?;
+            if tag & DELETE != 0 {
+                match tab {
+                    Tab::Orders => orders.remove(fixed::<16>(key)?).map(|_| ()),
+                    Tab::ByCustomer => by_customer.remove(fixed::<40>(key)?).map(|_| ()),
+                    Tab::ByRestaurant => by_restaurant.remove(fixed::<40>(key)?).map(|_| ()),
+                    Tab::Counts => counts.remove(fixed::<17>(key)?).map(|_| ()),
+                    Tab::Outbox => outbox.remove(number(key)?).map(|_| ()),
+                    Tab::Idempotency => idem.remove(text(key)?).map(|_| ()),
+                    Tab::Meta => meta.remove(text(key)?).map(|_| ()),
+                }
+                .map_err(StoreError::io)?;
+                continue;
+            }
+            let vlen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
+            let value = take(payload, &mut at, vlen)?;
+            match tab {
+                Tab::Orders => orders.insert(fixed::<16>(key)?, value).map(|_| ()),
+                Tab::ByCustomer => by_customer
+                    .insert(fixed::<40>(key)?, fixed::<1>(value)?[0])
+                    .map(|_| ()),
+                Tab::ByRestaurant => by_restaurant
+                    .insert(fixed::<40>(key)?, fixed::<1>(value)?[0])
+                    .map(|_| ()),
+                Tab::Counts => counts.insert(fixed::<17>(key)?, number(value)?).map(|_| ()),
+                Tab::Outbox => outbox.insert(number(key)?, value).map(|_| ()),
+                Tab::Idempotency => idem.insert(text(key)?, value).map(|_| ()),
+                Tab::Meta => meta.insert(text(key)?, number(value)?).map(|_| ()),
+            }
+            .map_err(StoreError::io)?;
+        }
+    }
+    Ok(())
+}
+
+/// The preallocated log file and where the next record goes.
+pub struct CommitLog {
+    file: File,
+    path: PathBuf,
+    capacity: u64,
+    /// Where the next record starts.
+    offset: u64,
+    /// The sequence number of the newest record written, or of the checkpoint when none was
+    /// written since.
+    last_seq: u64,
+    /// Offset and sequence number before the last append, to take it back.
+    before_last: (u64, u64),
+    last_checkpoint: Instant,
+    /// Set when redb holds commits that only the log makes durable and a checkpoint failed or
+    /// could not be tried (after a reopen): the next batch must be committed durably.
+    checkpoint_due: bool,
+    scratch: Vec<u8>,
+}
+
+/// Gives the file `len` bytes of real blocks (not a sparse tail), so appends within it never
+/// fail for want of space, and the blocks are reserved without writing them.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "commit log too large"))?;
+    // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for writing
+    // for the duration of the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+impl CommitLog {
+    /// Opens the log at `path`, creating it, and makes it at least `capacity` bytes long with
+    /// real (zero) blocks, so appends never allocate and never fail for want of space.
+    pub fn open(path: &Path, capacity: u64) -> io::Result<CommitLog> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len < capacity {
+            reserve(&file, capacity)?;
+            file.sync_all()?;
+            sync_dir(path);
+        }
+        Ok(CommitLog {
+            file,
+            path: path.to_path_buf(),
+            capacity: capacity.max(len),
+            offset: 0,
+            last_seq: 0,
+            before_last: (0, 0),
+            last_checkpoint: Instant::now(),
+            checkpoint_due: false,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The chain of valid records from offset 0: `(seq, payload)` in order, each seq one more
+    /// than the previous. Leaves `offset` just past the chain.
+    pub fn records(&mut self) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let len = self.file.metadata()?.len();
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut at = 0u64;
+        let mut head = [0u8; HEADER];
+        while at + HEADER as u64 <= len {
+            self.file.read_exact_at(&mut head, at)?;
+            let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let mut seq_b = [0u8; 8];
+            seq_b.copy_from_slice(&head[4..12]);
+            let seq = u64::from_le_bytes(seq_b);
+            let plen = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as u64;
+            let crc = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+            let follows = out.last().is_none_or(|(prev, _)| seq == prev + 1);
+            if magic != MAGIC || !follows || at + HEADER as u64 + plen > len {
+                break;
+            }
+            let mut payload = vec![0u8; plen as usize];
+            self.file.read_exact_at(&mut payload, at + HEADER as u64)?;
+            let mut h = crc32fast::Hasher::new();
+            h.update(&head[4..16]);
+            h.update(&payload);
+            if h.finalize() != crc {
+                break;
+            }
+            out.push((seq, payload));
+            at += HEADER as u64 + plen;
+        }
+        self.offset = at;
+        Ok(out)
+    }
+
+    /// Whether the next batch (of `payload` bytes) should be committed durably to redb instead
+    /// of being appended here.
+    pub fn wants_checkpoint(&self, payload: usize) -> bool {
+        self.checkpoint_due
+            || self.offset + (HEADER + payload) as u64 > self.capacity / 2
+            || (self.offset > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq + 1
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Appends one record with the next sequence number and syncs it. On failure nothing is
+    /// counted as written (a partly written record fails its CRC; a whole one is revoked).
+    pub fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
+        let seq = self.next_seq();
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        if self.offset + (HEADER + payload.len()) as u64 > self.capacity {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "commit log full",
+            ));
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&MAGIC.to_le_bytes());
+        self.scratch.extend_from_slice(&seq.to_le_bytes());
+        self.scratch.extend_from_slice(&len.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.scratch[4..16]);
+        h.update(payload);
+        self.scratch.extend_from_slice(&h.finalize().to_le_bytes());
+        self.scratch.extend_from_slice(payload);
+        let written = self
+            .file
+            .write_all_at(&self.scratch, self.offset)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.erase(self.offset);
+            return Err(e);
+        }
+        self.before_last = (self.offset, self.last_seq);
+        self.offset += self.scratch.len() as u64;
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    /// Takes back the record just appended (its batch did not reach redb): its header is
+    /// zeroed so replay stops before it.
+    pub fn revoke_last(&mut self) {
+        let (offset, seq) = self.before_last;
+        self.erase(offset);
+        self.offset = offset;
+        self.last_seq = seq;
+        self.checkpoint_due = true;
+    }
+
+    fn erase(&self, offset: u64) {
+        let done = self
+            .file
+            .write_all_at(&[0u8; 4], offset)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = done {
+            tracing::error!(error = %e, "could not take back a commit log record");
+        }
+    }
+
+    /// redb now holds everything up to `last_seq` durably: the next record starts the file
+    /// again.
+    pub fn checkpointed(&mut self, last_seq: u64) {
+        self.offset = 0;
+        self.last_seq = last_seq;
+        self.before_last = (0, last_seq);
+        self.last_checkpoint = Instant::now();
+        self.checkpoint_due = false;
+    }
+
+    pub fn mark_checkpoint_due(&mut self) {
+        self.checkpoint_due = true;
+    }
+}
+
+/// The last log sequence number redb includes.
+pub fn db_log_seq(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::io)?;
+    let meta = txn.open_table(META).map_err(StoreError::io)?;
+    Ok(meta
+        .get(LOG_SEQ)
+        .map_err(StoreError::io)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// Applies the log's records that redb does not include, in one transaction. `durable`: the
+/// commit is synced and the log starts over; otherwise (the disk may be full) the records are
+/// only committed in memory and the next batch must checkpoint. Returns how many were applied.
+pub fn replay(db: &Database, log: &mut CommitLog, durable: bool) -> Result<usize, StoreError> {
+    let have = db_log_seq(db)?;
+    let chain = log.records().map_err(StoreError::io)?;
+    let newest = chain.last().map_or(have, |(s, _)| (*s).max(have));
+    let missing: Vec<&(u64, Vec<u8>)> = chain.iter().filter(|(s, _)| *s > have).collect();
+    if let Some((first, _)) = missing.first() {
+        if *first != have + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds writes from #{first} but the database stops at #{have}: the log \
+                 belongs to another copy of the database; move it away to open this one",
+                log.path().display()
+            )));
+        }
+    }
+    let mut txn = db.begin_write().map_err(StoreError::io)?;
+    txn.set_quick_repair(super::writer::QUICK_REPAIR);
+    if !durable {
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::io)?;
+    }
+    let payloads: Vec<&[u8]> = missing.iter().map(|(_, p)| p.as_slice()).collect();
+    apply(&payloads, &txn)?;
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+        meta.insert(LOG_SEQ, newest).map_err(StoreError::io)?;
+    }
+    txn.commit().map_err(StoreError::io)?;
+    if durable {
+        log.checkpointed(newest);
+    } else {
+        log.last_seq = newest;
+        log.before_last = (log.offset, newest);
+        log.checkpoint_due = true;
+    }
+    Ok(missing.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_log(cap: u64) -> (tempfile::TempDir, CommitLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::open(&dir.path().join(LOG_FILE), cap).unwrap();
+        (dir, log)
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_a_checkpoint_starts_over() {
+        let (_d, mut log) = tmp_log(1 << 16);
+        assert!(log.records().unwrap().is_empty());
+        assert_eq!(log.append(b"one").unwrap(), 1);
+        assert_eq!(log.append(b"two").unwrap(), 2);
+        let got = log.records().unwrap();
+        assert_eq!(got, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
+        log.checkpointed(2);
+        assert_eq!(log.append(b"x").unwrap(), 3);
+        // The old second record is still in the file past the new first one; it must not be
+        // read as part of the chain (its sequence number does not follow).
+        let got = log.records().unwrap();
+        assert_eq!(got, vec![(3, b"x".to_vec())]);
+    }
+
+    #[test]
+    fn a_revoked_or_damaged_record_ends_the_chain() {
+        let (_d, mut log) = tmp_log(1 << 16);
+        log.append(b"kept").unwrap();
+        log.append(b"taken back").unwrap();
+        log.revoke_last();
+        assert_eq!(log.records().unwrap(), vec![(1, b"kept".to_vec())]);
+        log.append(b"again").unwrap();
+        let end = log.offset;
+        // Flip one payload byte of the last record: its CRC fails.
+        log.file.write_all_at(b"X", end - 1).unwrap();
+        assert_eq!(log.records().unwrap(), vec![(1, b"kept".to_vec())]);
+    }
+
+    #[test]
+    fn a_full_log_refuses_instead_of_wrapping() {
+        let (_d, mut log) = tmp_log(64);
+        assert!(log.append(&[7u8; 30]).is_ok());
+        assert!(log.append(&[7u8; 30]).is_err());
+        assert_eq!(log.records().unwrap().len(), 1);
+        assert!(log.wants_checkpoint(0));
+    }
+
+    #[test]
+    fn redo_replays_puts_and_deletes_into_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let mut r = Redo::default();
+        r.put(Tab::Orders, &[1u8; 16], b"order");
+        r.put(Tab::ByCustomer, &[2u8; 40], &[3]);
+        r.put(Tab::ByRestaurant, &[4u8; 40], &[5]);
+        r.put(Tab::Counts, &[6u8; 17], &9u64.to_le_bytes());
+        r.put(Tab::Outbox, &7u64.to_le_bytes(), b"event");
+        r.put(Tab::Idempotency, b"svc/key", b"rec");
+        r.put(Tab::Meta, b"event_seq", &7u64.to_le_bytes());
+        r.put(Tab::Counts, &[8u8; 17], &1u64.to_le_bytes());
+        r.delete(Tab::Counts, &[8u8; 17]);
+        let txn = db.begin_write().unwrap();
+        apply(&[r.bytes()], &txn).unwrap();
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let orders = read.open_table(ORDERS).unwrap();
+        assert_eq!(orders.get(&[1u8; 16]).unwrap().unwrap().value(), b"order");
+        let bc = read.open_table(BY_CUSTOMER).unwrap();
+        assert_eq!(bc.get(&[2u8; 40]).unwrap().unwrap().value(), 3);
+        let br = read.open_table(BY_RESTAURANT).unwrap();
+        assert_eq!(br.get(&[4u8; 40]).unwrap().unwrap().value(), 5);
+        let counts = read.open_table(CUSTOMER_COUNTS).unwrap();
+        assert_eq!(counts.get(&[6u8; 17]).unwrap().unwrap().value(), 9);
+        assert!(counts.get(&[8u8; 17]).unwrap().is_none());
+        let ob = read.open_table(OUTBOX).unwrap();
+        assert_eq!(ob.get(7).unwrap().unwrap().value(), b"event");
+        let idem = read.open_table(IDEMPOTENCY).unwrap();
+        assert_eq!(idem.get("svc/key").unwrap().unwrap().value(), b"rec");
+        let meta = read.open_table(META).unwrap();
+        assert_eq!(meta.get(EVENT_SEQ).unwrap().unwrap().value(), 7);
+    }
+
+    #[test]
+    fn damaged_payloads_are_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        for bad in [
+            &[9u8, 1, 0, 0][..],                // unknown table
+            &[1u8, 16, 0, 1, 2][..],            // key cut short
+            &[1u8, 2, 0, 1, 2, 0, 0, 0, 0][..], // orders key of the wrong size
+        ] {
+            assert!(matches!(apply(&[bad], &txn), Err(StoreError::Corrupt(_))));
+        }
+    }
+}
