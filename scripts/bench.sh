@@ -91,6 +91,14 @@ for k in "hub connections (subscribed)" "connect+handshake+subscribe rate" \
   "latency HTTP answer → arrival p50 / p99 / max" "lost / duplicated"; do
   echo "| $k | $(row "$WORK/fanout-ordertrack.md" "$k") | $(row "$WORK/fanout-socketio.md" "$k") |"
 done
+# hold: the same number of connections opened by 2 client processes (each far under its
+# open-file limit) over 8 source addresses, on a fresh server so memory freed by the fanout run
+# does not flatter the RSS per connection; full size holds 20 s (past a keep-alive round).
+if [ "$SIZE" = tiny ]; then HOLD_S=0; else HOLD_S=20; fi
+start_server "$WORK/hold"
+run "hold: $CONNS subscribed hub connections from 2 client processes" --server-pid "$SERVER_PID" \
+  hold --connections $CONNS --processes 2 --sources 8 --hold-secs $HOLD_S
+stop_server
 start_server "$WORK/data2"
 run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S
 # The write baseline: a second server committing every request alone (no group commit, no

@@ -4,6 +4,7 @@
 //!   per second through the REST API and measures the delay from each change's HTTP answer to its
 //!   arrival at the subscriber (p50, p99, max), lost and duplicated events.
 //! - `write`: concurrent writers advancing orders; durable transitions per second and latency.
+//! - `hold` (`hold.rs`): C subscribed hub connections from P client processes; RSS per connection.
 //!
 //! Every run prints a markdown table and the command line that reproduces it.
 
@@ -27,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod write;
+
+mod hold;
 
 mod socketio;
 
@@ -92,6 +95,31 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value_t = 4)]
         sources: u8,
+    },
+    /// Hold C subscribed hub connections opened by P client processes (RSS per connection,
+    /// aggregate handshake rate); nothing is driven.
+    Hold {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Client processes (this binary re-run); each holds connections / processes sockets.
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// Connections being opened at once, over all processes.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Once all are subscribed, hold this many seconds and read the RSS again.
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+    },
+    /// (internal) one `hold` client process: its share comes on stdin.
+    #[command(hide = true)]
+    HoldWorker {
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        #[arg(long, default_value_t = 128)]
+        in_flight: usize,
     },
     /// Writes N orders straight into a data directory (the server must be stopped), for the
     /// restart scenario.
@@ -182,6 +210,25 @@ fn main() {
             } => storm(&cli, *connections, *sources).await,
             Scenario::BareServer { port, body_size } => bare_server(*port, *body_size).await,
             Scenario::Seed { data_dir, orders } => seed(data_dir, *orders).await,
+            Scenario::Hold {
+                connections,
+                processes,
+                sources,
+                in_flight,
+                hold_secs,
+            } => {
+                let plan = hold::Plan {
+                    connections: *connections,
+                    processes: *processes,
+                    sources: *sources,
+                    in_flight: *in_flight,
+                    hold_secs: *hold_secs,
+                };
+                hold::run(&cli, plan).await
+            }
+            Scenario::HoldWorker { sources, in_flight } => {
+                hold::worker(&cli, *sources, *in_flight).await
+            }
         }
     });
     match result {
