@@ -326,6 +326,8 @@ impl CommitLog {
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             self.erase(self.offset);
+            // Until a checkpoint works, batches go to redb durably and not through this file.
+            self.checkpoint_due = true;
             return Err(e);
         }
         self.before_last = (self.offset, self.last_seq);
