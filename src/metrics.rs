@@ -89,6 +89,7 @@ pub struct Metrics {
     pub refused_connections: AtomicU64,
     batch_sizes: Histogram,
     commit_seconds: Histogram,
+    checkpoint_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -115,6 +116,7 @@ impl Metrics {
             refused_connections: AtomicU64::new(0),
             batch_sizes: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
+            checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
@@ -239,6 +241,12 @@ impl Metrics {
         out.push_str("# TYPE ordertrack_writer_commit_seconds histogram\n");
         self.commit_seconds
             .render(&mut out, "ordertrack_writer_commit_seconds", "");
+        out.push_str(
+            "# HELP ordertrack_writer_checkpoint_seconds Durable redb commits that let the commit log start over (the batch's own commit included).\n",
+        );
+        out.push_str("# TYPE ordertrack_writer_checkpoint_seconds histogram\n");
+        self.checkpoint_seconds
+            .render(&mut out, "ordertrack_writer_checkpoint_seconds", "");
         out
     }
 }
@@ -246,5 +254,9 @@ impl Metrics {
 impl crate::store::writer::BatchObserver for Metrics {
     fn batch_committed(&self, size: usize, commit_seconds: f64) {
         self.observe_batch(size, commit_seconds);
+    }
+
+    fn checkpointed(&self, seconds: f64) {
+        self.checkpoint_seconds.observe(seconds);
     }
 }

@@ -259,3 +259,32 @@ async fn every_series_moves() {
     assert!(get(&s5, "ordertrack_writer_batch_size_count") >= placed as f64 / 512.0);
     grew(&s1, &s5, "ordertrack_db_size_bytes", 1.0);
 }
+
+#[test]
+fn commit_log_checkpoints_are_counted_and_timed() {
+    // A 1 MiB commit log checkpoints once half of it is used (a few hundred orders).
+    let server = Server::start_with(&["--commit-log-mb", "1"]);
+    let cast = Cast::new();
+    let s0 = scrape(&server);
+    assert_eq!(get(&s0, "ordertrack_writer_checkpoint_seconds_count"), 0.0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..150 {
+                    place(&server, &cast, "CashOnDelivery");
+                }
+            });
+        }
+    });
+    let s1 = scrape(&server);
+    grew(&s0, &s1, "ordertrack_writer_checkpoint_seconds_count", 1.0);
+    assert!(get(&s1, "ordertrack_writer_checkpoint_seconds_sum") > 0.0);
+    // Far fewer checkpoints than batches: most batches only went through the log.
+    assert!(
+        get(&s1, "ordertrack_writer_checkpoint_seconds_count") * 10.0
+            < get(&s1, "ordertrack_writer_batch_size_count"),
+        "checkpoints {} batches {}",
+        get(&s1, "ordertrack_writer_checkpoint_seconds_count"),
+        get(&s1, "ordertrack_writer_batch_size_count")
+    );
+}

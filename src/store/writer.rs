@@ -27,6 +27,20 @@ pub trait EventSink: Send + Sync {
 /// Observes batches (for metrics): batch size and commit duration.
 pub trait BatchObserver: Send + Sync {
     fn batch_committed(&self, size: usize, commit_seconds: f64);
+    /// A checkpoint (a durable redb commit, see `wal.rs`) took `seconds`.
+    fn checkpointed(&self, _seconds: f64) {}
+}
+
+/// How a batch was made durable.
+enum Durable {
+    /// Nothing changed: no commit.
+    Nothing,
+    /// Through the commit log.
+    Logged,
+    /// By a durable redb commit, which took this many seconds.
+    Checkpoint(f64),
+    /// By a durable redb commit without a commit log.
+    Direct,
 }
 
 /// Every commit records redb's allocator state ("quick repair"), so reopening after a crash
@@ -351,9 +365,12 @@ impl Writer {
             let started = Instant::now();
             let saved_clock = self.last_now;
             match self.apply(&mut batch) {
-                Ok(()) => {
+                Ok(how) => {
                     if let Some(o) = &observer {
                         o.batch_committed(size, started.elapsed().as_secs_f64());
+                        if let Durable::Checkpoint(secs) = how {
+                            o.checkpointed(secs);
+                        }
                     }
                     for cmd in batch.iter() {
                         if let Some(order) = cmd.changed_order() {
@@ -395,7 +412,7 @@ impl Writer {
     /// checkpoint (half full, five seconds old, or after a failure), the batch is instead committed
     /// durably to redb itself, which also makes every earlier unsynced commit durable, and the
     /// log starts over.
-    fn apply(&mut self, batch: &mut [Command]) -> Result<(), StoreError> {
+    fn apply(&mut self, batch: &mut [Command]) -> Result<Durable, StoreError> {
         let db = self.store.writable_db()?;
         let mut txn = db.begin_write().map_err(StoreError::io)?;
         txn.set_quick_repair(QUICK_REPAIR);
@@ -406,7 +423,10 @@ impl Writer {
             if batch.iter().all(|c| c.changed_order().is_none()) {
                 // Only refusals, repeats and replays: their answers need no commit (and no
                 // fsync).
-                return txn.abort().map_err(StoreError::io);
+                return txn
+                    .abort()
+                    .map(|()| Durable::Nothing)
+                    .map_err(StoreError::io);
             }
             self.commit(txn, &redo)
         });
@@ -438,10 +458,13 @@ impl Writer {
     }
 
     /// Makes the batch durable: through the commit log, or as a checkpoint.
-    fn commit(&mut self, mut txn: WriteTransaction, redo: &Redo) -> Result<(), StoreError> {
+    fn commit(&mut self, mut txn: WriteTransaction, redo: &Redo) -> Result<Durable, StoreError> {
         let mut guard = self.store.log();
         let Some(log) = guard.as_mut() else {
-            return txn.commit().map_err(StoreError::io);
+            return txn
+                .commit()
+                .map(|()| Durable::Direct)
+                .map_err(StoreError::io);
         };
         let checkpoint = log.wants_checkpoint(redo.bytes().len());
         let seq = if checkpoint {
@@ -456,8 +479,9 @@ impl Writer {
         if checkpoint {
             let started = Instant::now();
             let committed = txn.commit();
+            let seconds = started.elapsed().as_secs_f64();
             tracing::debug!(
-                millis = started.elapsed().as_secs_f64() * 1000.0,
+                millis = seconds * 1000.0,
                 "checkpoint: redb commit made durable"
             );
             if let Err(e) = committed {
@@ -465,7 +489,7 @@ impl Writer {
                 return Err(StoreError::io(e));
             }
             log.checkpointed(seq);
-            return Ok(());
+            return Ok(Durable::Checkpoint(seconds));
         }
         // The record first: once it is synced the batch survives a crash, so redb's copy can
         // wait for the next checkpoint. A failed append drops (aborts) the transaction.
@@ -476,7 +500,7 @@ impl Writer {
             log.revoke_last();
             return Err(StoreError::io(e));
         }
-        Ok(())
+        Ok(Durable::Logged)
     }
 
     fn record_event(
