@@ -168,7 +168,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let cmdline = std::env::args().collect::<Vec<_>>().join(" ");
+    // Arguments with spaces are quoted, so the printed line can be pasted into a shell.
+    let cmdline = std::env::args()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let result = rt.block_on(async {
         if cli.peer == Peer::Socketio && !matches!(cli.scenario, Scenario::Fanout { .. }) {
             return Err("--peer socketio: only the fanout scenario runs against the peer".into());
