@@ -243,9 +243,10 @@ fn backup(a: &BackupArgs) -> Result<(), DbError> {
             info["millis"]
         );
         println!(
-            "restore: stop the server, then `ordertrack serve --data-dir {}` (or copy {} into the data directory)",
+            "restore: stop the server, then `ordertrack serve --data-dir {}` (or copy {} into the data directory and delete the {} there)",
             a.dest.display(),
-            DB_FILE
+            DB_FILE,
+            crate::store::wal::LOG_FILE
         );
     }
     Ok(())

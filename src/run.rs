@@ -76,7 +76,7 @@ pub(crate) async fn serve_with(
         &settings.data_dir,
         &StoreSettings {
             cache_bytes: settings.cache_mb.max(1) * 1024 * 1024,
-            commit_log_bytes: settings.commit_log_mb as u64 * 1024 * 1024,
+            commit_log_bytes: (settings.commit_log_mb as u64).saturating_mul(1024 * 1024),
         },
     )?;
     let metrics = Arc::new(Metrics::new());

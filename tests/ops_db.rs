@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use ordertrack::store::wal;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -248,11 +249,26 @@ fn offline_commands_after_a_kill_see_the_writes_only_the_commit_log_held() {
     server.kill9();
     let dir = server.dir.clone();
     let d = dir.to_str().unwrap().to_string();
-    let o = ot(&["db", "check", "--data-dir", &d, "--jwt-secret", SECRET]);
-    assert!(o.status.success(), "{}", text(&o));
+    {
+        // The file itself does not have them yet: the log does.
+        let db = redb::Database::open(dir.join("orders.redb")).expect("open");
+        let (have, id) = (wal::db_log_seq(&db).unwrap(), wal::db_id(&db).unwrap());
+        drop(db);
+        let mut log = wal::CommitLog::open(&dir.join(wal::LOG_FILE), 0, id).unwrap();
+        let pending = log
+            .records()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s > have)
+            .count();
+        assert!(pending > 0, "nothing was left only in the commit log");
+    }
+    // A read-only command first (it applies the log before opening read-only), then check.
     let v = stats_json(&dir, &[]);
     assert_eq!(v["orders"], 2, "{v}");
     assert_eq!(v["ordersByStatus"]["Delivered"], 1, "{v}");
+    let o = ot(&["db", "check", "--data-dir", &d, "--jwt-secret", SECRET]);
+    assert!(o.status.success(), "{}", text(&o));
     // The server starts on the same directory and has them too.
     server.restart();
     let v = stats_json(&dir, &["--url", &server.base]);

@@ -218,7 +218,9 @@ fn check_file(dir: &Path, acked: &HashMap<Uuid, (&'static str, u64)>) -> (usize,
 fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
     let cycles = env_usize("OT_KILL_CYCLES", 5);
     let writers = env_usize("OT_KILL_WRITERS", 4);
-    let mut server = Server::start();
+    // A 1 MiB commit log checkpoints every few hundred writes, so kills also land right
+    // before, during and after checkpoints and passes that start the file over.
+    let mut server = Server::start_with(&["--commit-log-mb", "1"]);
     let cast = Cast::new();
     let acked: Acked = Mutex::new(HashMap::new());
     let writes = AtomicU64::new(0);
@@ -227,7 +229,7 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut verified: HashMap<Uuid, u64> = HashMap::new();
-    let (mut in_log, mut cycles_with_log) = (0usize, 0usize);
+    let (mut in_log, mut cycles_with_log, mut checkpoints) = (0usize, 0usize, 0u64);
     std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| writer_loop(&base, &cast, &acked, &writes, &stop));
@@ -245,6 +247,7 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
                     server.log_text()
                 );
             }
+            checkpoints += checkpoints_so_far(&server);
             let pid = server.pid();
             let killed = std::process::Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
@@ -290,10 +293,12 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
     eprintln!(
         "RESULT kill -9: {cycles} cycles, {total} acknowledged writes on {} orders, 0 lost; \
          {orders} orders and {events} outbox events checked exactly, in {:?}; \
-         {cycles_with_log} kills left {in_log} batches only in the commit log",
+         {cycles_with_log} kills left {in_log} batches only in the commit log; \
+         {checkpoints} checkpoints before the kills",
         acked.len(),
         started.elapsed()
     );
+    assert!(checkpoints > 0, "no checkpoint happened between the kills");
     // The kills must have exercised the log's replay, not only redb's own durable commits.
     assert!(cycles_with_log > 0, "no kill left writes in the commit log");
     assert!(total >= (cycles * 10) as u64, "too few writes: {total}");
@@ -303,13 +308,27 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
     assert_eq!(server.terminate(), Some(0));
 }
 
+/// Checkpoints the running server has made since it started (from `/metrics`).
+fn checkpoints_so_far(server: &Server) -> u64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ordertrack_writer_checkpoint_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// How many committed batches the killed server left only in the commit log (records newer
 /// than the last checkpoint redb holds), before anything reopens the directory.
 fn writes_only_in_the_log(dir: &Path) -> usize {
     let db = open_raw(&dir.join("orders.redb"));
     let have = wal::db_log_seq(&db).expect("log_seq");
+    let id = wal::db_id(&db).expect("db_id");
     drop(db);
-    let mut log = wal::CommitLog::open(&dir.join(wal::LOG_FILE), 0).expect("open log");
+    let mut log = wal::CommitLog::open(&dir.join(wal::LOG_FILE), 0, id).expect("open log");
     let records = log.records().expect("read log");
     records.iter().filter(|(seq, _)| *seq > have).count()
 }

@@ -189,6 +189,21 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
     let (st, v) = act(&server, &cast.staff_token, accepted, "preparing", None);
     assert_eq!(st, 503, "an action on a full disk: {v}");
 
+    // Killed while the disk is full, with writes only the commit log holds: it starts again
+    // (the log is applied in memory), every acknowledged write reads back, writes stay 503.
+    server.kill9();
+    server.restart();
+    for id in &acked {
+        let (st, v) = get_json(
+            &server,
+            &cast.admin_token,
+            &format!("/api/v1/orders/{id}/status"),
+        );
+        assert_eq!(st, 200, "{id} after a restart on a full disk: {v}");
+    }
+    let (st, v) = place_once(&c, &server, &cast);
+    assert_eq!(st, 503, "a write after a restart on a full disk: {v}");
+
     // Space returns: writes succeed again without a restart.
     std::fs::remove_file(&ballast).expect("remove ballast");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -84,8 +84,9 @@ fn settle_log(dir: &Path, path: &Path) -> Result<Option<Database>, MaintenanceEr
         return Ok(None);
     }
     let db = opened(path, Database::builder().open(path))?;
+    let id = wal::db_id(&db).map_err(|e| MaintenanceError::Storage(e.to_string()))?;
     let mut log =
-        wal::CommitLog::open(&log_path, 0).map_err(|e| MaintenanceError::Io(log_path, e))?;
+        wal::CommitLog::open(&log_path, 0, id).map_err(|e| MaintenanceError::Io(log_path, e))?;
     wal::replay(&db, &mut log, true).map_err(|e| MaintenanceError::Storage(e.to_string()))?;
     Ok(Some(db))
 }
@@ -169,8 +170,14 @@ pub fn snapshot<D: ReadableDatabase>(
         copier.table(&rtx, OUTBOX)?;
         copier.table(&rtx, IDEMPOTENCY)?;
         copier.table(&rtx, META)?;
-        // The last commit is durable and makes every earlier one durable too.
+        // The last commit is durable and makes every earlier one durable too. The copy gets an
+        // identity of its own, so a commit log of the original is never applied to it.
         let wtx = out.begin_write().map_err(st)?;
+        {
+            let mut meta = wtx.open_table(META).map_err(st)?;
+            meta.insert(DB_ID, rand::random::<u64>().max(1))
+                .map_err(st)?;
+        }
         wtx.commit().map_err(st)?;
         Ok::<_, MaintenanceError>(())
     })();
@@ -530,6 +537,12 @@ mod tests {
         assert!(snapshot(db.as_ref(), &dest).is_err(), "never overwrites");
         let copy = Database::open(&dest).unwrap();
         assert_eq!(check_invariants(&copy).unwrap().orders, 1);
+        // The copy has an identity of its own: the original's commit log never applies to it.
+        let (mine, theirs) = (wal::db_id(&db).unwrap(), wal::db_id(&copy).unwrap());
+        assert!(
+            mine != 0 && theirs != 0 && mine != theirs,
+            "{mine} {theirs}"
+        );
 
         // A stale index status and a wrong counter are both reported.
         let bad = sample_order(uuid::Uuid::new_v4());

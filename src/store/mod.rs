@@ -128,12 +128,14 @@ fn open_log(
     dir: &Path,
     db: &Database,
     settings: &StoreSettings,
+    db_id: u64,
 ) -> Result<Option<wal::CommitLog>, StoreError> {
     let path = dir.join(wal::LOG_FILE);
     if settings.commit_log_bytes == 0 && !path.exists() {
         return Ok(None);
     }
-    let mut log = wal::CommitLog::open(&path, settings.commit_log_bytes).map_err(StoreError::io)?;
+    let mut log =
+        wal::CommitLog::open(&path, settings.commit_log_bytes, db_id).map_err(StoreError::io)?;
     let applied = wal::replay(db, &mut log, true)?;
     if applied > 0 {
         tracing::info!(records = applied, "applied the commit log's writes");
@@ -144,6 +146,18 @@ fn open_log(
         return Ok(None);
     }
     Ok(Some(log))
+}
+
+/// The database's identity, given on first open.
+fn ensure_db_id(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    use redb::ReadableTable;
+    let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+    if let Some(id) = meta.get(DB_ID).map_err(StoreError::io)?.map(|v| v.value()) {
+        return Ok(id);
+    }
+    let id = rand::random::<u64>().max(1);
+    meta.insert(DB_ID, id).map_err(StoreError::io)?;
+    Ok(id)
 }
 
 /// Opens (or creates) the file with the configured page cache; repairs it if it was not
@@ -170,10 +184,26 @@ impl Store {
             txn.open_table(CUSTOMER_COUNTS).map_err(StoreError::io)?;
             txn.open_table(OUTBOX).map_err(StoreError::io)?;
             txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?;
-            txn.open_table(META).map_err(StoreError::io)?;
         }
+        let db_id = ensure_db_id(&txn)?;
         txn.commit().map_err(StoreError::io)?;
-        let log = open_log(dir, &db, settings)?;
+        let (db, log) = match open_log(dir, &db, settings, db_id) {
+            Ok(log) => (db, log),
+            Err(StoreError::Unavailable(e)) if settings.commit_log_bytes > 0 => {
+                // Most likely the disk is full: the log's writes cannot be made durable in the
+                // file now. Serve them from memory (reads work) and let the writer's first
+                // batch try the checkpoint; writes get 503 until it works.
+                tracing::warn!(error = %e, "commit log applied in memory only; checkpoint pending");
+                drop(db);
+                let db = open_file(&path, settings)?;
+                let log_path = dir.join(wal::LOG_FILE);
+                let mut log = wal::CommitLog::open(&log_path, settings.commit_log_bytes, db_id)
+                    .map_err(StoreError::io)?;
+                wal::replay(&db, &mut log, false)?;
+                (db, Some(log))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Store {
             shared: Arc::new(Shared {
                 slot: RwLock::new(Slot {
@@ -253,7 +283,9 @@ impl Store {
     }
 
     /// Makes everything committed so far durable in redb itself, so the commit log is not
-    /// needed to open the file (on shutdown).
+    /// needed to open the file (on shutdown). Takes the log lock, then the handle slot;
+    /// `reopen` takes them the other way round, which is safe because both only ever run on
+    /// the writer thread.
     pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
         let mut guard = self.log();
         let Some(log) = guard.as_mut() else {

@@ -20,7 +20,7 @@ pub const CUSTOMER_COUNTS: TableDefinition<&[u8; 17], u64> =
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_v1");
 /// "{caller}/{key}" → MessagePack `IdempotencyRecord`.
 pub const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_v1");
-/// Counters: `event_seq`, `order_seq/{year}`, `clock`, `log_seq`.
+/// Counters: `event_seq`, `order_seq/{year}`, `clock`, `log_seq`, `db_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 
 /// How many events the outbox keeps.
@@ -69,6 +69,9 @@ pub const EVENT_SEQ: &str = "event_seq";
 pub const CLOCK: &str = "clock";
 /// The newest commit log record this database includes (see `wal.rs`).
 pub const LOG_SEQ: &str = "log_seq";
+/// A random identity given to the database when it is created (and to every backup copy), which
+/// its commit log records carry.
+pub const DB_ID: &str = "db_id";
 
 #[cfg(test)]
 mod tests {

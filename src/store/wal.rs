@@ -6,8 +6,9 @@
 //! checkpoint, after which the log starts again at offset 0. Opening the store applies the
 //! records redb had not made durable (`replay`).
 //!
-//! A record is `magic u32 ‖ seq u64 ‖ len u32 ‖ crc32 u32 ‖ payload`, little endian, the CRC
-//! covering seq, len and payload. Sequence numbers grow by one per record for the life of the
+//! A record is `magic u32 ‖ db id u64 ‖ salt u32 ‖ seq u64 ‖ len u32 ‖ crc32 u32 ‖ payload`,
+//! little endian, the CRC covering everything but the magic. The db id ties the log to one
+//! database file; the salt changes with every pass over the file. Sequence numbers grow by one per record for the life of the
 //! database and redb stores the last one it includes (`META["log_seq"]`), so replay reads the
 //! chain of valid records from offset 0 and applies those redb does not have; older records
 //! left behind by an earlier pass over the file break the chain and are never read as new.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 /// The log's file name inside the data directory.
 pub const LOG_FILE: &str = "orders.wal";
 const MAGIC: u32 = 0x4F54_4C31;
-const HEADER: usize = 20;
+const HEADER: usize = 32;
 /// Longest time between two checkpoints while writes come in.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
@@ -62,7 +63,7 @@ impl Tab {
 const DELETE: u8 = 0x80;
 
 /// The writes of one batch in the order they were made: the payload of one log record.
-/// Each operation is `tag u8 ‖ key len u16 ‖ key ‖ [value len u32 ‖ value]`; the tag is the
+/// Each operation is `tag u8 ‖ key len u32 ‖ key ‖ [value len u32 ‖ value]`; the tag is the
 /// table's code, with the high bit set for a removal (which has no value).
 #[derive(Default, Debug)]
 pub struct Redo {
@@ -81,7 +82,7 @@ impl Redo {
     pub fn put(&mut self, tab: Tab, key: &[u8], value: &[u8]) {
         self.buf.push(tab as u8);
         self.buf
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(key);
         self.buf
             .extend_from_slice(&(value.len() as u32).to_le_bytes());
@@ -91,7 +92,7 @@ impl Redo {
     pub fn delete(&mut self, tab: Tab, key: &[u8]) {
         self.buf.push(tab as u8 | DELETE);
         self.buf
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(key);
     }
 }
@@ -136,7 +137,7 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
         while at < payload.len() {
             let tag = take(payload, &mut at, 1)?[0];
             let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
-            let klen = u16::from_le_bytes(*fixed::<2>(take(payload, &mut at, 2)?)?) as usize;
+            let klen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
             let key = take(payload, &mut at, klen)?;
             if tag & DELETE != 0 {
                 match tab {
@@ -177,6 +178,12 @@ pub struct CommitLog {
     file: File,
     path: PathBuf,
     capacity: u64,
+    /// The database this log belongs to (`META["db_id"]`): records of another are not read.
+    db_id: u64,
+    /// Random per pass over the file (a new one after every checkpoint): a record only joins
+    /// the chain with the salt of the pass's first record, so bytes left in the file by an
+    /// earlier pass (which can hold user text) are never read as a record of this one.
+    salt: u32,
     /// Where the next record starts.
     offset: u64,
     /// The sequence number of the newest record written, or of the checkpoint when none was
@@ -184,15 +191,20 @@ pub struct CommitLog {
     last_seq: u64,
     /// Offset and sequence number before the last append, to take it back.
     before_last: (u64, u64),
-    last_checkpoint: Instant,
+    /// When the first record after the last checkpoint was written.
+    pass_started: Option<Instant>,
     /// Set when redb holds commits that only the log makes durable and a checkpoint failed or
     /// could not be tried (after a reopen): the next batch must be committed durably.
     checkpoint_due: bool,
+    /// A record that could not be erased after its batch failed: reading stops there, so a
+    /// reopen in this process does not apply it.
+    cut: Option<u64>,
     scratch: Vec<u8>,
 }
 
-/// Gives the file `len` bytes of real blocks (not a sparse tail), so appends within it never
-/// fail for want of space, and the blocks are reserved without writing them.
+/// Gives the file `len` bytes of blocks (not a sparse tail) without writing them, so appends
+/// within it do not fail for want of space on ext4, xfs or tmpfs (copy-on-write file systems
+/// such as btrfs may still refuse a later overwrite; such a write fails cleanly with a 503).
 fn reserve(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(len)
@@ -215,10 +227,47 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// A record header as read from the file.
+struct Header {
+    magic: u32,
+    db_id: u64,
+    salt: u32,
+    seq: u64,
+    len: u64,
+    crc: u32,
+}
+
+impl Header {
+    fn parse(b: &[u8; HEADER]) -> Header {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(x)
+        };
+        Header {
+            magic: u32_at(0),
+            db_id: u64_at(4),
+            salt: u32_at(12),
+            seq: u64_at(16),
+            len: u32_at(24) as u64,
+            crc: u32_at(28),
+        }
+    }
+}
+
+/// CRC-32 of the header fields after the magic, then the payload.
+fn checksum(head: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[4..28]);
+    h.update(payload);
+    h.finalize()
+}
+
 impl CommitLog {
-    /// Opens the log at `path`, creating it, and makes it at least `capacity` bytes long with
-    /// real (zero) blocks, so appends never allocate and never fail for want of space.
-    pub fn open(path: &Path, capacity: u64) -> io::Result<CommitLog> {
+    /// Opens the log at `path` for the database `db_id`, creating it, and reserves at least
+    /// `capacity` bytes for it.
+    pub fn open(path: &Path, capacity: u64, db_id: u64) -> io::Result<CommitLog> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -235,11 +284,14 @@ impl CommitLog {
             file,
             path: path.to_path_buf(),
             capacity: capacity.max(len),
+            db_id,
+            salt: rand::random(),
             offset: 0,
             last_seq: 0,
             before_last: (0, 0),
-            last_checkpoint: Instant::now(),
+            pass_started: None,
             checkpoint_due: false,
+            cut: None,
             scratch: Vec::new(),
         })
     }
@@ -248,37 +300,50 @@ impl CommitLog {
         &self.path
     }
 
-    /// The chain of valid records from offset 0: `(seq, payload)` in order, each seq one more
-    /// than the previous. Leaves `offset` just past the chain.
+    /// The chain of valid records from offset 0: `(seq, payload)` in order, each of this
+    /// database, with the salt of the first and a seq one more than the previous. Leaves
+    /// `offset` just past the chain (so appends continue the pass).
     pub fn records(&mut self) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let len = self.file.metadata()?.len();
+        let end = self.cut.map_or(len, |c| c.min(len));
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut chain_salt = None;
         let mut at = 0u64;
-        let mut head = [0u8; HEADER];
-        while at + HEADER as u64 <= len {
-            self.file.read_exact_at(&mut head, at)?;
-            let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let mut seq_b = [0u8; 8];
-            seq_b.copy_from_slice(&head[4..12]);
-            let seq = u64::from_le_bytes(seq_b);
-            let plen = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as u64;
-            let crc = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-            let follows = out.last().is_none_or(|(prev, _)| seq == prev + 1);
-            if magic != MAGIC || !follows || at + HEADER as u64 + plen > len {
+        let mut raw = [0u8; HEADER];
+        while at + HEADER as u64 <= end {
+            self.file.read_exact_at(&mut raw, at)?;
+            let h = Header::parse(&raw);
+            let follows = match out.last() {
+                None => true,
+                Some((prev, _)) => prev.checked_add(1) == Some(h.seq),
+            };
+            let fits = at + HEADER as u64 + h.len <= end;
+            if h.magic != MAGIC || !follows || !fits || chain_salt.is_some_and(|s| s != h.salt) {
                 break;
             }
-            let mut payload = vec![0u8; plen as usize];
+            let mut payload = vec![0u8; h.len as usize];
             self.file.read_exact_at(&mut payload, at + HEADER as u64)?;
-            let mut h = crc32fast::Hasher::new();
-            h.update(&head[4..16]);
-            h.update(&payload);
-            if h.finalize() != crc {
+            if checksum(&raw, &payload) != h.crc {
                 break;
             }
-            out.push((seq, payload));
-            at += HEADER as u64 + plen;
+            if h.db_id != self.db_id {
+                if at == 0 {
+                    tracing::warn!(
+                        log = %self.path.display(),
+                        "the commit log was written for another database (a restored or \
+                         replaced orders.redb?); its records are ignored and overwritten"
+                    );
+                }
+                break;
+            }
+            chain_salt = Some(h.salt);
+            out.push((h.seq, payload));
+            at += HEADER as u64 + h.len;
         }
         self.offset = at;
+        if let Some(s) = chain_salt {
+            self.salt = s;
+        }
         Ok(out)
     }
 
@@ -287,7 +352,9 @@ impl CommitLog {
     pub fn wants_checkpoint(&self, payload: usize) -> bool {
         self.checkpoint_due
             || self.offset + (HEADER + payload) as u64 > self.capacity / 2
-            || (self.offset > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+            || self
+                .pass_started
+                .is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
     }
 
     /// The sequence number the next record gets.
@@ -300,7 +367,7 @@ impl CommitLog {
     }
 
     /// Appends one record with the next sequence number and syncs it. On failure nothing is
-    /// counted as written (a partly written record fails its CRC; a whole one is revoked).
+    /// counted as written (a partly written record fails its CRC; a whole one is erased).
     pub fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
         let seq = self.next_seq();
         let len = u32::try_from(payload.len())
@@ -313,12 +380,12 @@ impl CommitLog {
         }
         self.scratch.clear();
         self.scratch.extend_from_slice(&MAGIC.to_le_bytes());
+        self.scratch.extend_from_slice(&self.db_id.to_le_bytes());
+        self.scratch.extend_from_slice(&self.salt.to_le_bytes());
         self.scratch.extend_from_slice(&seq.to_le_bytes());
         self.scratch.extend_from_slice(&len.to_le_bytes());
-        let mut h = crc32fast::Hasher::new();
-        h.update(&self.scratch[4..16]);
-        h.update(payload);
-        self.scratch.extend_from_slice(&h.finalize().to_le_bytes());
+        let crc = checksum(&self.scratch, payload);
+        self.scratch.extend_from_slice(&crc.to_le_bytes());
         self.scratch.extend_from_slice(payload);
         let written = self
             .file
@@ -333,6 +400,7 @@ impl CommitLog {
         self.before_last = (self.offset, self.last_seq);
         self.offset += self.scratch.len() as u64;
         self.last_seq = seq;
+        self.pass_started.get_or_insert_with(Instant::now);
         Ok(seq)
     }
 
@@ -346,24 +414,30 @@ impl CommitLog {
         self.checkpoint_due = true;
     }
 
-    fn erase(&self, offset: u64) {
+    /// Zeroes the magic of the record at `offset`. If even that fails, reading stops there in
+    /// this process (after a restart the record may still be applied: its batch was answered
+    /// with an error although it is on disk; that double failure is logged).
+    fn erase(&mut self, offset: u64) {
         let done = self
             .file
             .write_all_at(&[0u8; 4], offset)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = done {
             tracing::error!(error = %e, "could not take back a commit log record");
+            self.cut = Some(offset);
         }
     }
 
     /// redb now holds everything up to `last_seq` durably: the next record starts the file
-    /// again.
+    /// again, with a new salt.
     pub fn checkpointed(&mut self, last_seq: u64) {
         self.offset = 0;
         self.last_seq = last_seq;
         self.before_last = (0, last_seq);
-        self.last_checkpoint = Instant::now();
+        self.pass_started = None;
         self.checkpoint_due = false;
+        self.cut = None;
+        self.salt = rand::random();
     }
 
     pub fn mark_checkpoint_due(&mut self) {
@@ -371,15 +445,25 @@ impl CommitLog {
     }
 }
 
-/// The last log sequence number redb includes.
-pub fn db_log_seq(db: &Database) -> Result<u64, StoreError> {
+/// A META counter (0 when absent).
+fn meta_value(db: &Database, key: &str) -> Result<u64, StoreError> {
     let txn = db.begin_read().map_err(StoreError::io)?;
     let meta = txn.open_table(META).map_err(StoreError::io)?;
     Ok(meta
-        .get(LOG_SEQ)
+        .get(key)
         .map_err(StoreError::io)?
         .map(|v| v.value())
         .unwrap_or(0))
+}
+
+/// The last log sequence number redb includes.
+pub fn db_log_seq(db: &Database) -> Result<u64, StoreError> {
+    meta_value(db, LOG_SEQ)
+}
+
+/// The database's random identity (0 for a file that never had one).
+pub fn db_id(db: &Database) -> Result<u64, StoreError> {
+    meta_value(db, DB_ID)
 }
 
 /// Applies the log's records that redb does not include, in one transaction. `durable`: the
@@ -399,22 +483,26 @@ pub fn replay(db: &Database, log: &mut CommitLog, durable: bool) -> Result<usize
             )));
         }
     }
-    let mut txn = db.begin_write().map_err(StoreError::io)?;
-    txn.set_quick_repair(super::writer::QUICK_REPAIR);
-    if !durable {
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::io)?;
+    if !missing.is_empty() {
+        let mut txn = db.begin_write().map_err(StoreError::io)?;
+        txn.set_quick_repair(super::writer::QUICK_REPAIR);
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(StoreError::io)?;
+        }
+        let payloads: Vec<&[u8]> = missing.iter().map(|(_, p)| p.as_slice()).collect();
+        apply(&payloads, &txn)?;
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+            meta.insert(LOG_SEQ, newest).map_err(StoreError::io)?;
+        }
+        txn.commit().map_err(StoreError::io)?;
     }
-    let payloads: Vec<&[u8]> = missing.iter().map(|(_, p)| p.as_slice()).collect();
-    apply(&payloads, &txn)?;
-    {
-        let mut meta = txn.open_table(META).map_err(StoreError::io)?;
-        meta.insert(LOG_SEQ, newest).map_err(StoreError::io)?;
-    }
-    txn.commit().map_err(StoreError::io)?;
-    if durable {
+    if durable || missing.is_empty() {
+        // Either the file now holds everything, or it held it already: start a new pass.
         log.checkpointed(newest);
     } else {
+        // Appends continue this pass after the chain; the next batch checkpoints.
         log.last_seq = newest;
         log.before_last = (log.offset, newest);
         log.checkpoint_due = true;
@@ -426,9 +514,11 @@ pub fn replay(db: &Database, log: &mut CommitLog, durable: bool) -> Result<usize
 mod tests {
     use super::*;
 
+    const ID: u64 = 42;
+
     fn tmp_log(cap: u64) -> (tempfile::TempDir, CommitLog) {
         let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::open(&dir.path().join(LOG_FILE), cap).unwrap();
+        let log = CommitLog::open(&dir.path().join(LOG_FILE), cap, ID).unwrap();
         (dir, log)
     }
 
@@ -441,11 +531,35 @@ mod tests {
         let got = log.records().unwrap();
         assert_eq!(got, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
         log.checkpointed(2);
-        assert_eq!(log.append(b"x").unwrap(), 3);
-        // The old second record is still in the file past the new first one; it must not be
-        // read as part of the chain (its sequence number does not follow).
-        let got = log.records().unwrap();
-        assert_eq!(got, vec![(3, b"x".to_vec())]);
+        // Same length as the old first record: the old second one follows it exactly where
+        // the next header is read, and must not join the chain.
+        assert_eq!(log.append(b"uno").unwrap(), 3);
+        assert_eq!(log.records().unwrap(), vec![(3, b"uno".to_vec())]);
+    }
+
+    #[test]
+    fn a_record_planted_in_an_old_payload_is_not_read() {
+        // A record of a previous pass whose payload (user text, say) holds the exact bytes of
+        // a valid record with the next sequence number: the salt keeps it out.
+        let (_d, mut log) = tmp_log(1 << 16);
+        log.append(b"aaaa").unwrap(); // seq 1: offsets 0..36
+        let mut planted = Vec::new();
+        planted.extend_from_slice(&MAGIC.to_le_bytes());
+        planted.extend_from_slice(&ID.to_le_bytes());
+        planted.extend_from_slice(&0u32.to_le_bytes()); // a salt guessed or seen before
+        planted.extend_from_slice(&4u64.to_le_bytes()); // the next sequence number, guessed
+        planted.extend_from_slice(&1u32.to_le_bytes());
+        let crc = checksum(&planted, b"!");
+        planted.extend_from_slice(&crc.to_le_bytes());
+        planted.push(b'!');
+        let mut long = vec![b'x'; 4];
+        long.extend_from_slice(&planted);
+        log.append(&long).unwrap(); // seq 2 at 36; the planted bytes start at 36 + 32 + 4 = 72
+        log.checkpointed(2);
+        // The new pass's first record ends exactly at 72, where the next header is read.
+        log.append(&[b'y'; 40]).unwrap(); // seq 3
+        let mut again = CommitLog::open(&log.path, 0, ID).unwrap();
+        assert_eq!(again.records().unwrap(), vec![(3, vec![b'y'; 40])]);
     }
 
     #[test]
@@ -464,11 +578,90 @@ mod tests {
 
     #[test]
     fn a_full_log_refuses_instead_of_wrapping() {
-        let (_d, mut log) = tmp_log(64);
+        let (_d, mut log) = tmp_log(96);
         assert!(log.append(&[7u8; 30]).is_ok());
         assert!(log.append(&[7u8; 30]).is_err());
         assert_eq!(log.records().unwrap().len(), 1);
         assert!(log.wants_checkpoint(0));
+    }
+
+    #[test]
+    fn records_of_another_database_are_ignored() {
+        let (_d, mut log) = tmp_log(1 << 16);
+        log.append(b"mine").unwrap();
+        let mut other = CommitLog::open(&log.path, 0, ID + 1).unwrap();
+        assert!(other.records().unwrap().is_empty());
+    }
+
+    fn db_with_tables(dir: &Path) -> Database {
+        let db = Database::create(dir.join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap();
+        txn.commit().unwrap();
+        db
+    }
+
+    fn counter(db: &Database, key: &str) -> u64 {
+        meta_value(db, key).unwrap()
+    }
+
+    fn bump(value: u64) -> Vec<u8> {
+        let mut r = Redo::default();
+        r.put(Tab::Meta, EVENT_SEQ.as_bytes(), &value.to_le_bytes());
+        r.bytes().to_vec()
+    }
+
+    #[test]
+    fn replay_applies_only_what_the_database_lacks_then_starts_a_new_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_tables(dir.path());
+        let (_d, mut log) = tmp_log(1 << 16);
+        for v in 1..=3 {
+            log.append(&bump(v)).unwrap();
+        }
+        // The database already holds record 1.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(LOG_SEQ, 1).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(replay(&db, &mut log, true).unwrap(), 2);
+        assert_eq!(counter(&db, EVENT_SEQ), 3);
+        assert_eq!(counter(&db, LOG_SEQ), 3);
+        assert_eq!(
+            (log.offset, log.last_seq, log.checkpoint_due),
+            (0, 3, false)
+        );
+        // Nothing new: nothing applied, no commit needed.
+        assert_eq!(replay(&db, &mut log, true).unwrap(), 0);
+    }
+
+    #[test]
+    fn replay_in_memory_continues_the_pass_and_asks_for_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_tables(dir.path());
+        let (_d, mut log) = tmp_log(1 << 16);
+        log.append(&bump(1)).unwrap();
+        let end = log.offset;
+        assert_eq!(replay(&db, &mut log, false).unwrap(), 1);
+        assert_eq!(counter(&db, EVENT_SEQ), 1);
+        assert_eq!(
+            (log.offset, log.last_seq, log.checkpoint_due),
+            (end, 1, true)
+        );
+        assert_eq!(log.append(&bump(2)).unwrap(), 2);
+        assert_eq!(log.records().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn replay_refuses_a_log_that_does_not_follow_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_tables(dir.path());
+        let (_d, mut log) = tmp_log(1 << 16);
+        log.checkpointed(10);
+        log.append(&bump(1)).unwrap(); // record 11; the database stops at 0
+        assert!(matches!(
+            replay(&db, &mut log, true),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
