@@ -170,13 +170,7 @@ fn main() {
     };
     // Arguments with spaces are quoted, so the printed line can be pasted into a shell.
     let cmdline = std::env::args()
-        .map(|a| {
-            if a.contains(' ') {
-                format!("'{a}'")
-            } else {
-                a
-            }
-        })
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");
     let result = rt.block_on(async {
