@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load scenarios against the real server, printed as one markdown report.
+# Load scenarios against the real server, printed as one markdown report that ends with one
+# summary table (every scenario against its target).
 #   scripts/bench.sh            full size (19,000 hub connections, 1,000,000 orders on disk)
 #   scripts/bench.sh tiny       a few seconds, for CI: proves the tools keep working
 # fanout + hold also runs against a socket.io 4.8 peer (scripts/peer/, Node) with the same sizes,
@@ -97,10 +98,11 @@ done
 if [ "$SIZE" = tiny ]; then HOLD_S=0; else HOLD_S=20; fi
 start_server "$WORK/hold"
 run "hold: $CONNS subscribed hub connections from 2 client processes" --server-pid "$SERVER_PID" \
-  hold --connections $CONNS --processes 2 --sources 8 --hold-secs $HOLD_S
+  hold --connections $CONNS --processes 2 --sources 8 --hold-secs $HOLD_S | tee "$WORK/hold.md"
 stop_server
 start_server "$WORK/data2"
-run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S
+run "poll: GET /status vs a bare hyper server, same run" poll --connections 32 --seconds $POLL_S \
+  | tee "$WORK/poll.md"
 # The write baseline: a second server committing every request alone (no group commit, no
 # commit log), given the same workload in alternating rounds of the same run.
 BASE_PORT=$((PORT + 2))
@@ -113,9 +115,10 @@ for _ in $(seq 1 500); do
 done
 run "write: durable transitions from 64 concurrent writers vs one commit per request" \
   write --writers 64 --transitions $WRITES --rounds 3 \
-  --baseline 127.0.0.1:$BASE_PORT --baseline-label "one commit per request"
+  --baseline 127.0.0.1:$BASE_PORT --baseline-label "one commit per request" | tee "$WORK/write.md"
 kill -TERM $BASE_PID; wait $BASE_PID || true
-run "storm: $STORM clients drop and come back at once" storm --connections $STORM --sources 8
+run "storm: $STORM clients drop and come back at once" storm --connections $STORM --sources 8 \
+  | tee "$WORK/storm.md"
 stop_server
 
 echo; echo "### restart: $SEED orders on disk"; echo
@@ -127,7 +130,24 @@ RSS=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
 SIZE_MB=$(( $(stat -c %s "$WORK/big/orders.redb") / 1048576 ))
 echo "| metric | value |"
 echo "|---|---|"
-echo "| start to /readyz with $SEED orders (${SIZE_MB} MiB file) | $(( (T1 - T0) / 1000000 )) ms |"
+READY_MS=$(( (T1 - T0) / 1000000 ))
+echo "| start to /readyz with $SEED orders (${SIZE_MB} MiB file) | $READY_MS ms |"
 echo "| server RSS after start | ${RSS} KiB |"
 stop_server
+
+# One table with every scenario against its target (issue 4), from the tables above.
+W=$(awk -F' [|] ' '$1 == "| ordertrack" {sub(/ [|]$/, "", $4); print $3 "/s, p50 / p99 / max " $4; exit}' "$WORK/write.md")
+WB=$(awk -F' [|] ' '$1 == "| one commit per request" {print $3 "/s"; exit}' "$WORK/write.md")
+WR=$(grep -o '\*\*[0-9.]*×\*\*' "$WORK/write.md" | tr -d '*')
+echo; echo "## Summary ($SIZE)"; echo
+echo "| scenario | result | target at full size |"
+echo "|---|---|---|"
+echo "| hold: $CONNS connections, 2 client processes | $(row "$WORK/hold.md" "server RSS per subscribed connection") per connection; $(row "$WORK/hold.md" "connect+handshake+subscribe rate") | 19,000 at ≤ 8 KiB each |"
+echo "| fanout: $CONNS subscribers, $RATE changes/s | answer → arrival p50 / p99 / max $(row "$WORK/fanout-ordertrack.md" "latency HTTP answer → arrival p50 / p99 / max"); lost / dup $(row "$WORK/fanout-ordertrack.md" "lost / duplicated") | p99 ≤ 50 ms, 0 lost, 0 duplicated |"
+echo "| peer (socket.io 4.8), same fanout | $(row "$WORK/fanout-socketio.md" "server RSS per subscribed connection") per connection; p50 / p99 / max $(row "$WORK/fanout-socketio.md" "latency HTTP answer → arrival p50 / p99 / max"); lost / dup $(row "$WORK/fanout-socketio.md" "lost / duplicated") | side by side |"
+echo "| poll: GET /status, 32 connections | $(row "$WORK/poll.md" "ratio") ($(row "$WORK/poll.md" "ordertrack GET /status (JWT + redb read + JSON)") vs $(row "$WORK/poll.md" "bare hyper, same body, same run")) | ≥ 0.8 × bare hyper |"
+echo "| write: 64 writers, durable transitions | $W; one commit per request $WB: $WR | ≥ 10,000/s, ≥ 20×, p99 ≤ 20 ms |"
+echo "| storm: $STORM clients | $(row "$WORK/storm.md" "storm: all reconnect + resubscribe at once") | 19,000 in ≤ 10 s |"
+echo "| restart: $SEED orders (${SIZE_MB} MiB) | /readyz in $READY_MS ms, RSS ${RSS} KiB | ≤ 1 s, RSS flat |"
+echo "| history, store vs SQLite | \`cargo bench --bench store\` (README, Benches) | page 1 at 100k ≤ 1.2 × at 10; redb ahead |"
 echo; echo "reproduce: \`scripts/bench.sh $SIZE\`"
