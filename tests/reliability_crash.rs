@@ -247,7 +247,8 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
                     server.log_text()
                 );
             }
-            checkpoints += checkpoints_so_far(&server);
+            let made = metric(&server, "ordertrack_writer_checkpoint_seconds_count");
+            checkpoints += if made.is_nan() { 0 } else { made as u64 };
             let pid = server.pid();
             let killed = std::process::Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
@@ -306,19 +307,6 @@ fn kill9_cycles_lose_no_acknowledged_write_and_keep_the_outbox_exact() {
     server.restart();
     place(&server, &cast, "CashOnDelivery");
     assert_eq!(server.terminate(), Some(0));
-}
-
-/// Checkpoints the running server has made since it started (from `/metrics`).
-fn checkpoints_so_far(server: &Server) -> u64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("ordertrack_writer_checkpoint_seconds_count "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// How many committed batches the killed server left only in the commit log (records newer

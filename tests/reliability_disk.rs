@@ -43,6 +43,18 @@ impl Drop for SmallFs {
     }
 }
 
+/// Every acknowledged order answers its status.
+fn all_readable(server: &Server, cast: &Cast, acked: &[Uuid], when: &str) {
+    for id in acked {
+        let (st, v) = get_json(
+            server,
+            &cast.admin_token,
+            &format!("/api/v1/orders/{id}/status"),
+        );
+        assert_eq!(st, 200, "{id} {when}: {v}");
+    }
+}
+
 /// Fills the filesystem holding `path` with a ballast file until the writes fail.
 fn fill(path: &Path) -> u64 {
     let mut f = std::fs::File::create(path).expect("ballast");
@@ -193,14 +205,7 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
     // (the log is applied in memory), every acknowledged write reads back, writes stay 503.
     server.kill9();
     server.restart();
-    for id in &acked {
-        let (st, v) = get_json(
-            &server,
-            &cast.admin_token,
-            &format!("/api/v1/orders/{id}/status"),
-        );
-        assert_eq!(st, 200, "{id} after a restart on a full disk: {v}");
-    }
+    all_readable(&server, &cast, &acked, "after a restart on a full disk");
     let (st, v) = place_once(&c, &server, &cast);
     assert_eq!(st, 503, "a write after a restart on a full disk: {v}");
 
@@ -231,14 +236,7 @@ fn a_full_disk_gives_503_keeps_reads_and_recovers_when_space_returns() {
     // Nothing acknowledged is lost, also across a restart.
     assert_eq!(server.terminate(), Some(0), "log:\n{}", server.log_text());
     server.restart();
-    for id in &acked {
-        let (st, v) = get_json(
-            &server,
-            &cast.admin_token,
-            &format!("/api/v1/orders/{id}/status"),
-        );
-        assert_eq!(st, 200, "{id} lost: {v}");
-    }
+    all_readable(&server, &cast, &acked, "lost across a restart");
     let (_, v) = get_json(
         &server,
         &cast.admin_token,
