@@ -658,27 +658,6 @@ fn metric(server: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Places `n` cash orders as fast as `threads` parallel clients can.
-fn flood(server: &Server, cast: &Cast, n: usize, threads: usize) {
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            s.spawn(move || {
-                let c = client();
-                let body = cast.order_body("CashOnDelivery");
-                for _ in (t..n).step_by(threads) {
-                    let r = c
-                        .post(server.url("/api/v1/orders"))
-                        .bearer_auth(&cast.service_token)
-                        .json(&body)
-                        .send()
-                        .expect("place");
-                    assert_eq!(r.status(), 201);
-                }
-            });
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_consumer_is_closed_while_a_reading_subscriber_gets_everything() {
     let (server, cast) = setup();
@@ -724,7 +703,7 @@ async fn slow_consumer_is_closed_while_a_reading_subscriber_gets_everything() {
     let started = Instant::now();
     let mut placed = 0usize;
     while placed < 12_000 {
-        blocking(|| flood(&server, &cast, 100, 4));
+        blocking(|| place_many(&server, &cast, 100, 4));
         placed += 100;
         if metric(&server, "ordertrack_slow_consumer_closes_total") >= 1.0 {
             break;

@@ -49,27 +49,6 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Places `n` cash orders from `threads` parallel clients.
-fn place_many(server: &Server, cast: &Cast, n: usize, threads: usize) {
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            s.spawn(move || {
-                let c = client();
-                let body = cast.order_body("CashOnDelivery");
-                for _ in (t..n).step_by(threads) {
-                    let r = c
-                        .post(server.url("/api/v1/orders"))
-                        .bearer_auth(&cast.service_token)
-                        .json(&body)
-                        .send()
-                        .expect("place");
-                    assert_eq!(r.status(), 201);
-                }
-            });
-        }
-    });
-}
-
 /// Connect → handshake → subscribe to the restaurant, for a client that will never read again.
 async fn silent_subscriber(port: u16, token: &str, restaurant: uuid::Uuid) -> Ws {
     let ws = ws_connect_with(port, &format!("/hubs/{RESTAURANT_HUB}"), Some(token), true)

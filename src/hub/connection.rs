@@ -12,6 +12,7 @@ use super::protocol::{
     self as proto, encode_close, encode_completion, encode_handshake_ok, encode_ping,
     ClientMessage, Decoder, HandshakeParser, HandshakeProgress, Outcome, Protocol,
 };
+use super::subscriptions::SubscriptionTable;
 use super::{HubKind, Hubs};
 use crate::auth::Principal;
 use crate::domain::{OrderStatusBroadcast, Timestamp};
@@ -607,13 +608,7 @@ impl Conn<'_> {
         match method {
             Method::SubscribeToOrder => self.subscribe_order(target, id).map(Some),
             Method::UnsubscribeFromOrder => {
-                self.orders.retain(|o| *o != id);
-                if self.hubs().orders.unsubscribe(id, self.who.id) {
-                    self.hubs()
-                        .metrics
-                        .hub_subscriptions
-                        .fetch_sub(1, Ordering::Relaxed);
-                }
+                self.leave(Group::Order, id);
                 Ok(None)
             }
             Method::SubscribeToRestaurant => {
@@ -623,39 +618,62 @@ impl Conn<'_> {
                         "The restaurant was not found.",
                     ));
                 }
-                if !self.restaurants.contains(&id) {
-                    if self.subscription_count()
-                        >= self.hubs().settings.max_subscriptions_per_connection
-                    {
-                        return Err(proto::hub_exception_error(
-                            target,
-                            "Too many subscriptions on this connection.",
-                        ));
-                    }
-                    if self
-                        .hubs()
-                        .restaurants
-                        .subscribe(id, self.who.id, self.out.clone())
-                    {
-                        self.hubs()
-                            .metrics
-                            .hub_subscriptions
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.restaurants.push(id);
-                }
+                self.join(Group::Restaurant, target, id)?;
                 Ok(None)
             }
             Method::UnsubscribeFromRestaurant => {
-                self.restaurants.retain(|r| *r != id);
-                if self.hubs().restaurants.unsubscribe(id, self.who.id) {
-                    self.hubs()
-                        .metrics
-                        .hub_subscriptions
-                        .fetch_sub(1, Ordering::Relaxed);
-                }
+                self.leave(Group::Restaurant, id);
                 Ok(None)
             }
+        }
+    }
+
+    /// Puts this connection in `id`'s group (once), within the per-connection cap.
+    fn join(&mut self, group: Group, target: &str, id: Uuid) -> Result<(), String> {
+        if self.list(group).contains(&id) {
+            return Ok(());
+        }
+        if self.subscription_count() >= self.hubs().settings.max_subscriptions_per_connection {
+            return Err(proto::hub_exception_error(
+                target,
+                "Too many subscriptions on this connection.",
+            ));
+        }
+        let hubs = self.hubs().clone();
+        if hubs
+            .table(group)
+            .subscribe(id, self.who.id, self.out.clone())
+        {
+            hubs.metrics
+                .hub_subscriptions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.list_mut(group).push(id);
+        Ok(())
+    }
+
+    /// Takes this connection out of `id`'s group.
+    fn leave(&mut self, group: Group, id: Uuid) {
+        self.list_mut(group).retain(|g| *g != id);
+        let hubs = self.hubs();
+        if hubs.table(group).unsubscribe(id, self.who.id) {
+            hubs.metrics
+                .hub_subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn list(&self, group: Group) -> &Vec<Uuid> {
+        match group {
+            Group::Order => &self.orders,
+            Group::Restaurant => &self.restaurants,
+        }
+    }
+
+    fn list_mut(&mut self, group: Group) -> &mut Vec<Uuid> {
+        match group {
+            Group::Order => &mut self.orders,
+            Group::Restaurant => &mut self.restaurants,
         }
     }
 
@@ -684,25 +702,7 @@ impl Conn<'_> {
         if order.status.is_terminal() {
             return Ok(OrderStatusBroadcast::of(&order, now, None));
         }
-        if !self.orders.contains(&id) {
-            if self.subscription_count() >= self.hubs().settings.max_subscriptions_per_connection {
-                return Err(proto::hub_exception_error(
-                    target,
-                    "Too many subscriptions on this connection.",
-                ));
-            }
-            if self
-                .hubs()
-                .orders
-                .subscribe(id, self.who.id, self.out.clone())
-            {
-                self.hubs()
-                    .metrics
-                    .hub_subscriptions
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            self.orders.push(id);
-        }
+        self.join(Group::Order, target, id)?;
         // Re-read after subscribing so the snapshot is at least as new as anything missed.
         let order = match self.app.store.get_order(id) {
             Ok(Some(o)) => o,
@@ -761,6 +761,22 @@ fn method_of(kind: HubKind, target: &str) -> Option<Method> {
             Some(Method::UnsubscribeFromRestaurant)
         }
         _ => None,
+    }
+}
+
+/// Which kind of group a subscription call is about.
+#[derive(Clone, Copy)]
+enum Group {
+    Order,
+    Restaurant,
+}
+
+impl Hubs {
+    fn table(&self, group: Group) -> &SubscriptionTable<Arc<Outbound>> {
+        match group {
+            Group::Order => &self.orders,
+            Group::Restaurant => &self.restaurants,
+        }
     }
 }
 

@@ -235,6 +235,27 @@ impl Cast {
     }
 }
 
+/// Places `n` cash orders from `threads` parallel clients.
+pub fn place_many(server: &Server, cast: &Cast, n: usize, threads: usize) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let c = client();
+                let body = cast.order_body("CashOnDelivery");
+                for _ in (t..n).step_by(threads) {
+                    let r = c
+                        .post(server.url("/api/v1/orders"))
+                        .bearer_auth(&cast.service_token)
+                        .json(&body)
+                        .send()
+                        .expect("place");
+                    assert_eq!(r.status(), 201);
+                }
+            });
+        }
+    });
+}
+
 /// One unlabelled series from the server's `/metrics` (NaN when absent or unreachable).
 pub fn metric(server: &Server, name: &str) -> f64 {
     let text = client()
