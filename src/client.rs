@@ -1,8 +1,12 @@
 //! A small client for a running ordertrack server, used by the operator commands (`watch`,
 //! `demo`, `db backup`/`db stats`): plain HTTP/1.1 requests over hyper and a SignalR JSON-protocol
-//! session on the customer hub over tokio-tungstenite. TLS is left to the terminating proxy, so
-//! only `http://` URLs are accepted.
+//! session on the customer hub over tokio-tungstenite, written with the hub codec's client side
+//! (`hub/protocol/client.rs`). TLS is left to the terminating proxy, so only `http://` URLs are
+//! accepted.
 
+use crate::hub::protocol::{
+    client_invocation, encode_handshake_request, encode_ping, split_json_records, Protocol,
+};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
@@ -19,7 +23,6 @@ use tokio_tungstenite::WebSocketStream;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The hub's client timeout is 30 s: send a ping well within it.
 const PING_EVERY: Duration = Duration::from_secs(10);
-const RS: char = '\u{1e}';
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -352,11 +355,9 @@ impl HubSession {
         let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
             .await
             .map_err(|e| ClientError::Hub(format!("WebSocket upgrade failed: {e}")))?;
-        ws.send(Message::text(format!(
-            "{{\"protocol\":\"json\",\"version\":1}}{RS}"
-        )))
-        .await
-        .map_err(|e| ClientError::Hub(e.to_string()))?;
+        ws.send(text_frame(encode_handshake_request(Protocol::Json)))
+            .await
+            .map_err(|e| ClientError::Hub(e.to_string()))?;
         let mut session = HubSession {
             ws,
             pending: Default::default(),
@@ -384,7 +385,7 @@ impl HubSession {
             };
             match msg {
                 Message::Text(t) => {
-                    for rec in t.as_str().split(RS).filter(|r| !r.trim().is_empty()) {
+                    for rec in split_json_records(t.as_str()) {
                         let v = serde_json::from_str(rec)
                             .map_err(|e| ClientError::Protocol(format!("bad hub record: {e}")))?;
                         self.pending.push_back(v);
@@ -399,10 +400,10 @@ impl HubSession {
         }
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), ClientError> {
         self.last_sent = tokio::time::Instant::now();
         self.ws
-            .send(Message::text(text))
+            .send(text_frame(frame))
             .await
             .map_err(|e| ClientError::HubClosed(Some(e.to_string())))
     }
@@ -416,10 +417,8 @@ impl HubSession {
     ) -> Result<Result<serde_json::Value, String>, ClientError> {
         let id = self.next_invocation.to_string();
         self.next_invocation += 1;
-        let msg = serde_json::json!({
-            "type": 1, "invocationId": id, "target": target, "arguments": [arg]
-        });
-        self.send_text(format!("{msg}{RS}")).await?;
+        self.send_frame(client_invocation(Protocol::Json, Some(&id), target, &[arg]))
+            .await?;
         let mut held = Vec::new();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         let outcome = loop {
@@ -451,7 +450,7 @@ impl HubSession {
             let rec = tokio::select! {
                 r = self.read_record() => r?,
                 _ = tokio::time::sleep_until(ping_at) => {
-                    self.send_text(format!("{{\"type\":6}}{RS}")).await?;
+                    self.send_frame(encode_ping(Protocol::Json)).await?;
                     continue;
                 }
             };
@@ -472,6 +471,11 @@ impl HubSession {
             }
         }
     }
+}
+
+/// A JSON-protocol frame as a TEXT message (the codec writes UTF-8).
+fn text_frame(frame: Bytes) -> Message {
+    Message::text(String::from_utf8_lossy(&frame).into_owned())
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! A raw WebSocket SignalR client for the hub tests: negotiate, upgrade, handshake, JSON
-//! records split on `0x1E`, and a tiny MessagePack reader/writer (varint framing, ext -1
-//! timestamps). Every wait has a timeout, so a misbehaving server fails a test instead of
+//! records split on `0x1E`, and a tiny MessagePack reader (varint framing, ext -1 timestamps).
+//! Well-formed client messages are written with the server crate's own client-side codec
+//! (`testing::protocol`); malformed ones are built by hand where a test needs them. Every wait has a timeout, so a misbehaving server fails a test instead of
 //! hanging it.
 
 use super::{Cast, Server};
 use futures_util::{SinkExt, StreamExt};
+use ordertrack::hub::protocol::{self, Protocol};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -289,7 +291,7 @@ impl JsonHub {
             text.ends_with(RS),
             "a JSON hub frame must hold complete records ending with 0x1E: {text:?}"
         );
-        for rec in text.split(RS).filter(|s| !s.is_empty()) {
+        for rec in protocol::split_json_records(text) {
             let v: Value = serde_json::from_str(rec)
                 .unwrap_or_else(|e| panic!("record is not JSON ({e}): {rec:?}"));
             self.queue.push_back(v);
@@ -302,7 +304,7 @@ impl JsonHub {
 
     /// Sends one message (a record, 0x1E appended) in its own TEXT frame.
     pub async fn send(&mut self, v: &Value) {
-        self.send_text(&format!("{v}{RS}")).await
+        self.send_text(&protocol::json_record(&v.to_string())).await
     }
 
     /// The next message of any type (pings included), ignoring held-back messages.
@@ -733,20 +735,7 @@ pub fn mp_messages(frame: &[u8]) -> Vec<Mp> {
 
 /// A client Invocation as the JS client writes it: `[1, {}, id|nil, target, [args]]` (5 items).
 pub fn mp_invocation(id: Option<&str>, target: &str, string_args: &[&str]) -> Vec<u8> {
-    let mut body = Vec::new();
-    rmp::encode::write_array_len(&mut body, 5).expect("write");
-    rmp::encode::write_uint(&mut body, 1).expect("write");
-    rmp::encode::write_map_len(&mut body, 0).expect("write");
-    match id {
-        Some(i) => rmp::encode::write_str(&mut body, i).expect("write"),
-        None => rmp::encode::write_nil(&mut body).expect("write"),
-    }
-    rmp::encode::write_str(&mut body, target).expect("write");
-    rmp::encode::write_array_len(&mut body, string_args.len() as u32).expect("write");
-    for a in string_args {
-        rmp::encode::write_str(&mut body, a).expect("write");
-    }
-    mp_frame(&body)
+    protocol::client_invocation(Protocol::MessagePack, id, target, string_args).to_vec()
 }
 
 /// Reads BINARY frames until one MessagePack hub message that is not a Ping is available.

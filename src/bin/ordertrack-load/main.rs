@@ -16,6 +16,7 @@ use hyper::client::conn::http1;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use ordertrack::auth::{parse_algorithm, AuthSettings, TokenMinter};
+use ordertrack::hub::protocol::{client_invocation, encode_handshake_request, Protocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,33 +441,27 @@ async fn open_subscriber(
     let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| e.to_string())?;
-    let proto = if msgpack { "messagepack" } else { "json" };
-    ws.send(Message::text(format!(
-        "{{\"protocol\":\"{proto}\",\"version\":1}}\u{1e}"
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
-    let sub = format!("{{\"type\":1,\"invocationId\":\"1\",\"target\":\"SubscribeToOrder\",\"arguments\":[\"{order}\"]}}\u{1e}");
-    if msgpack {
-        // [1, {}, "1", "SubscribeToOrder", [order]] with a varint length prefix.
-        let mut body = Vec::new();
-        let _ = rmp::encode::write_array_len(&mut body, 5);
-        let _ = rmp::encode::write_uint(&mut body, 1);
-        let _ = rmp::encode::write_map_len(&mut body, 0);
-        let _ = rmp::encode::write_str(&mut body, "1");
-        let _ = rmp::encode::write_str(&mut body, "SubscribeToOrder");
-        let _ = rmp::encode::write_array_len(&mut body, 1);
-        let _ = rmp::encode::write_str(&mut body, &order.to_string());
-        let mut framed = vec![body.len() as u8];
-        framed.extend_from_slice(&body);
-        ws.send(Message::binary(framed))
-            .await
-            .map_err(|e| e.to_string())?;
+    let protocol = if msgpack {
+        Protocol::MessagePack
     } else {
-        ws.send(Message::text(sub))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+        Protocol::Json
+    };
+    let text = |b: bytes::Bytes| Message::text(String::from_utf8_lossy(&b).into_owned());
+    ws.send(text(encode_handshake_request(protocol)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let sub = client_invocation(
+        protocol,
+        Some("1"),
+        "SubscribeToOrder",
+        &[&order.to_string()],
+    );
+    let sub = if msgpack {
+        Message::binary(sub)
+    } else {
+        text(sub)
+    };
+    ws.send(sub).await.map_err(|e| e.to_string())?;
     // Wait for the handshake answer and the completion.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = 0;
