@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use ordertrack::auth::{AuthSettings, Authenticator, TokenMinter};
+use ordertrack::testing::{AuthSettings, Authenticator, TokenMinter};
 use sha2::{Digest, Sha256};
 use std::hint::black_box;
 use uuid::Uuid;

@@ -9,10 +9,10 @@
 //! Run: `cargo bench --bench codecs`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ordertrack::domain::{EventKind, OrderStatus, OrderStatusBroadcast, Timestamp};
-use ordertrack::hub::protocol::{
+use ordertrack::testing::protocol::{
     encode_client_message, encode_event, Arg, ClientMessage, Decoder, Protocol, RECORD_SEPARATOR,
 };
+use ordertrack::testing::{EventKind, OrderStatus, OrderStatusBroadcast, Timestamp};
 use std::hint::black_box;
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ fn dto() -> OrderStatusBroadcast {
 
 fn encode(c: &mut Criterion) {
     let dto = dto();
-    let method = EventKind::StatusChanged.hub_method();
+    let method = ordertrack::testing::client_method(EventKind::StatusChanged);
     let mut g = c.benchmark_group("encode_event");
     g.throughput(Throughput::Elements(1));
     for (name, protocol) in [

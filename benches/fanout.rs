@@ -11,11 +11,10 @@
 //! Run: `cargo bench --bench fanout`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ordertrack::domain::{EventKind, OrderEvent, OrderStatus, OrderStatusBroadcast, Timestamp};
-use ordertrack::hub::connection::Outbound;
-use ordertrack::hub::protocol::Protocol;
-use ordertrack::hub::{HubSettings, Hubs};
-use ordertrack::metrics::Metrics;
+use ordertrack::testing::protocol::Protocol;
+use ordertrack::testing::Metrics;
+use ordertrack::testing::{EventKind, OrderEvent, OrderStatus, OrderStatusBroadcast, Timestamp};
+use ordertrack::testing::{Group, HubSettings, Hubs, Outbound};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +69,7 @@ fn fanout(c: &mut Criterion) {
             };
             let id = i as u64 + 1;
             let out = Arc::new(Outbound::new(id, protocol, queue));
-            assert!(hubs.orders.subscribe(order, id, out.clone()));
+            assert!(hubs.subscribe(Group::Order, order, id, out.clone()));
             queues.push(out);
         }
         let ev = event(order);

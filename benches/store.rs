@@ -28,14 +28,12 @@
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use ordertrack::auth::Principal;
-use ordertrack::domain::status::decide_any;
-use ordertrack::domain::{
-    Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent, OrderStatus,
-    OrderStatusBroadcast, Step, Timestamp,
+use ordertrack::testing::{
+    may_act, Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent, OrderStatus,
+    OrderStatusBroadcast, Principal, Step, Timestamp,
 };
-use ordertrack::store::writer::{self, EventSink};
-use ordertrack::store::{
+use ordertrack::testing::{spawn_writer, EventSink};
+use ordertrack::testing::{
     ActRequest, Acted, PlaceRequest, Placed, Store, StoreSettings, WriterHandle, WriterSettings,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -301,19 +299,12 @@ fn sqlite_act(txn: &rusqlite::Transaction<'_>, st: &mut SqlState, req: &ActReque
         return false;
     };
     let mut order: Order = rmp_serde::from_slice(&raw).expect("decode order");
-    let caps = req
-        .principal
-        .capacities(order.customer_id, order.restaurant_id);
-    let Ok((_, Step::Move { to, events })) = decide_any(order.status, req.action, &caps) else {
+    // The writer's own decision (capacities, status machine, If-Match), shared, not copied.
+    let Ok(Step::Move { to, events }) =
+        may_act(&req.principal, &order, req.action, req.if_match.as_deref())
+    else {
         return false;
     };
-    if req
-        .if_match
-        .as_ref()
-        .is_some_and(|v| !v.contains(&order.version))
-    {
-        return false;
-    }
     let now = st.now();
     let old = order.advance(req.action, to, now, &req.details);
     let body = rmp_serde::to_vec_named(&order).expect("encode order");
@@ -500,7 +491,7 @@ impl Db {
                         queue: 8192,
                         max_batch,
                     };
-                    writer::spawn(&store, settings, Arc::new(NoSink), None).expect("writer")
+                    spawn_writer(&store, settings, Arc::new(NoSink), None).expect("writer")
                 };
                 let (timed, j1) = spawn(max_batch);
                 let (loader, j2) = spawn(LOAD_BATCH);

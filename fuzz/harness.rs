@@ -6,13 +6,13 @@
 #![allow(dead_code)]
 
 use base64::Engine;
-use ordertrack::auth::{AuthSettings, Authenticator, Principal};
-use ordertrack::domain::{NewOrder, Order, Timestamp};
-use ordertrack::hub::negotiate::{negotiate_body, query_value, Pending};
-use ordertrack::hub::protocol::{
+use ordertrack::testing::protocol::{
     encode_client_message, parse_handshake_request, ClientMessage, Decoder, HandshakeParser,
     HandshakeProgress, Protocol,
 };
+use ordertrack::testing::{negotiate_body, query_value, Pending};
+use ordertrack::testing::{AuthSettings, Authenticator};
+use ordertrack::testing::{NewOrder, Order, Principal, Timestamp};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -148,7 +148,7 @@ pub fn order_body(data: &[u8]) {
         owner_of: vec![],
         expires_at: i64::MAX,
     };
-    serde_json::to_vec(&ordertrack::http::views::details(&order, &viewer)).expect("details JSON");
+    serde_json::to_vec(&ordertrack::testing::details(&order, &viewer)).expect("details JSON");
 }
 
 fn authenticator() -> Authenticator {

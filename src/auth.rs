@@ -1,62 +1,14 @@
-//! Authentication and the visibility rule: bearer JWT → `Principal`, and the one function that
-//! decides in which capacities a principal acts on an order (none = the order is hidden).
+//! Authentication: a bearer JWT becomes a `domain::Principal` (subject, roles, restaurant
+//! permissions, expiry), with a cache of verified tokens; and the minting of tokens for the
+//! `token` command, the demo and the tests. What a principal may see and do is decided in
+//! `domain/access.rs`, not here.
 
-use crate::domain::{Actor, Order};
+use crate::domain::Principal;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use thiserror::Error;
 use uuid::Uuid;
-
-/// Who is calling, as proven by a verified token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    pub sub: Uuid,
-    pub administrator: bool,
-    pub order_service: bool,
-    /// Restaurants where the principal is staff (owners included: an owner has every staff right).
-    pub staff_of: Vec<Uuid>,
-    pub owner_of: Vec<Uuid>,
-    /// Token expiry, seconds since the epoch.
-    pub expires_at: i64,
-}
-
-impl Principal {
-    pub fn is_staff_of(&self, restaurant: Uuid) -> bool {
-        self.staff_of.contains(&restaurant) || self.owner_of.contains(&restaurant)
-    }
-
-    /// The capacities in which this principal acts on an order of `customer` at `restaurant`.
-    /// Empty means the order does not exist for this principal.
-    pub fn capacities(&self, customer: Uuid, restaurant: Uuid) -> Vec<Actor> {
-        let mut caps = Vec::with_capacity(2);
-        if self.sub == customer {
-            caps.push(Actor::Customer);
-        }
-        if self.is_staff_of(restaurant) {
-            caps.push(Actor::RestaurantStaff);
-        }
-        if self.administrator {
-            caps.push(Actor::Administrator);
-        }
-        if self.order_service {
-            caps.push(Actor::OrderService);
-        }
-        caps
-    }
-
-    /// The visibility rule of contract section 2, decided from the stored order.
-    pub fn can_see(&self, order: &Order) -> bool {
-        !self
-            .capacities(order.customer_id, order.restaurant_id)
-            .is_empty()
-    }
-
-    /// Who may follow a whole restaurant: its staff and owners, and administrators.
-    pub fn can_watch_restaurant(&self, restaurant: Uuid) -> bool {
-        self.administrator || self.is_staff_of(restaurant)
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum AuthError {
@@ -274,7 +226,8 @@ impl Authenticator {
     }
 
     /// Full verification: signature, algorithm, exp/nbf, iss/aud, claims. Bypasses the cache
-    /// of verified tokens (public for `benches/auth.rs`; callers use [`Authenticator::verify`]).
+    /// of verified tokens: the server calls [`Authenticator::verify`]; `benches/auth.rs` measures
+    /// this one through the `testing` door.
     pub fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
@@ -437,22 +390,5 @@ mod tests {
             .mint(Uuid::new_v4(), &[], &[], -5)
             .unwrap();
         assert!(a.verify(&t).is_ok());
-    }
-
-    #[test]
-    fn capacities_follow_the_stored_order() {
-        let r = Uuid::new_v4();
-        let c = Uuid::new_v4();
-        let p = Principal {
-            sub: c,
-            administrator: false,
-            order_service: false,
-            staff_of: vec![],
-            owner_of: vec![],
-            expires_at: 0,
-        };
-        assert_eq!(p.capacities(c, r), vec![Actor::Customer]);
-        assert!(p.capacities(Uuid::new_v4(), r).is_empty());
-        assert!(!p.can_watch_restaurant(r));
     }
 }

@@ -1,7 +1,7 @@
 //! The `ordertrack` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use ordertrack::config::{Cli, Command};
+use ordertrack::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -20,11 +20,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => exit(ordertrack::run::serve(args)),
-        Command::Token(args) => exit(ordertrack::run::token(args)),
-        Command::Demo(args) => exit(ordertrack::demo::demo(args)),
-        Command::Watch(args) => exit(ordertrack::watch::watch(args)),
-        Command::Db(cmd) => exit(ordertrack::db::run(cmd)),
+        Command::Serve(args) => exit(ordertrack::serve(args)),
+        Command::Token(args) => exit(ordertrack::token(args)),
+        Command::Demo(args) => exit(ordertrack::demo(args)),
+        Command::Watch(args) => exit(ordertrack::watch(args)),
+        Command::Db(cmd) => exit(ordertrack::db(cmd)),
     }
 }
 

@@ -12,7 +12,7 @@
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use ordertrack::hub::subscriptions::{Counts, SubscriptionTable};
+use ordertrack::testing::{Counts, SubscriptionTable};
 use uuid::Uuid;
 
 fn key(n: u8) -> Uuid {

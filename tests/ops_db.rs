@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use ordertrack::store::wal;
+use ordertrack::testing::wal;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -244,7 +244,7 @@ fn misconfigurations_are_one_clear_line() {
 #[test]
 fn help_is_complete() {
     use clap::CommandFactory;
-    let root = ordertrack::config::Cli::command();
+    let root = ordertrack::Cli::command();
     let mut stack = vec![(String::new(), root)];
     let mut commands = 0;
     while let Some((prefix, cmd)) = stack.pop() {
@@ -322,7 +322,7 @@ fn the_example_config_documents_every_key_and_every_flag_has_one() {
         );
         keys.push(k.to_string());
     }
-    let serve = ordertrack::config::Cli::command()
+    let serve = ordertrack::Cli::command()
         .find_subcommand("serve")
         .unwrap()
         .clone();

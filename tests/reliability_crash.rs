@@ -7,9 +7,9 @@
 
 mod common;
 use common::*;
-use ordertrack::domain::{EventKind, Order, OrderEvent};
-use ordertrack::store::schema::{CLOCK, META, ORDERS};
-use ordertrack::store::{wal, Store, StoreSettings};
+use ordertrack::testing::{wal, Store, StoreSettings};
+use ordertrack::testing::{EventKind, Order, OrderEvent};
+use ordertrack::testing::{CLOCK, META, ORDERS};
 use rand::Rng;
 use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value;
@@ -431,11 +431,11 @@ fn after_sigkill_the_file_opens_without_a_repair_walk_and_keeps_every_write() {
     let cast = Cast::new();
     let id = order_in(&server, &cast, "Preparing");
     server.kill9();
-    // The writer commits with quick-repair (see `store::writer::QUICK_REPAIR`): the allocator
+    // The writer commits with quick-repair (see `store::QUICK_REPAIR`): the allocator
     // state is in the file, so reopening after a crash does not walk the whole file.
     assert_eq!(
         needed_repair(&server.dir),
-        !ordertrack::store::writer::QUICK_REPAIR,
+        !ordertrack::testing::QUICK_REPAIR,
         "repair after SIGKILL"
     );
     server.restart();
@@ -465,7 +465,7 @@ fn push_clock_ahead(dir: &Path, order: Option<Uuid>, ahead: i64) -> i64 {
                 .value()
                 .to_vec();
             let mut o: Order = rmp_serde::from_slice(&raw).expect("decode");
-            o.updated_at = ordertrack::domain::Timestamp(future + 1000);
+            o.updated_at = ordertrack::testing::Timestamp(future + 1000);
             let bytes = rmp_serde::to_vec_named(&o).expect("encode");
             t.insert(id.as_bytes(), bytes.as_slice()).expect("put");
         }

@@ -9,10 +9,10 @@
 //! Short here (5,000 orders); `OT_RECOVERY_ORDERS=1000000 cargo test --release --test
 //! reliability_recovery -- --nocapture` (or `scripts/reliability-long.sh`) is the long version.
 
-use ordertrack::domain::{NewOrder, OrderEvent};
-use ordertrack::store::schema::ORDERS;
-use ordertrack::store::writer::{self, EventSink, PlaceRequest, WriterSettings};
-use ordertrack::store::{Store, StoreSettings};
+use ordertrack::testing::ORDERS;
+use ordertrack::testing::{spawn_writer, EventSink, PlaceRequest, WriterSettings};
+use ordertrack::testing::{NewOrder, OrderEvent};
+use ordertrack::testing::{Store, StoreSettings};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -57,7 +57,7 @@ fn populate(dir: &Path, n: usize) -> Duration {
         .build()
         .expect("runtime");
     let (handle, join) =
-        writer::spawn(&store, WriterSettings::default(), Arc::new(NoSink), None).expect("writer");
+        spawn_writer(&store, WriterSettings::default(), Arc::new(NoSink), None).expect("writer");
     let restaurants: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
     rt.block_on(async {
         let tasks = 256;

@@ -5,10 +5,10 @@
 
 mod common;
 use common::hub::{mp_messages, Mp};
-use ordertrack::domain::{
+use ordertrack::testing::protocol::{encode_event, Protocol};
+use ordertrack::testing::{
     EventKind, NewOrder, Order, OrderEvent, OrderStatus, OrderStatusBroadcast, Timestamp,
 };
-use ordertrack::hub::protocol::{encode_event, Protocol};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -173,11 +173,11 @@ proptest! {
         let back: Order = rmp_serde::from_slice(&stored).expect("decode");
         prop_assert_eq!(&back, &order);
         // The details JSON carries every amount exactly, with the currency's digits.
-        let viewer = ordertrack::auth::Principal {
+        let viewer = ordertrack::testing::Principal {
             sub: order.customer_id, administrator: false, order_service: false,
             staff_of: vec![], owner_of: vec![], expires_at: i64::MAX,
         };
-        let text = serde_json::to_string(&ordertrack::http::views::details(&order, &viewer)).expect("details");
+        let text = serde_json::to_string(&ordertrack::testing::details(&order, &viewer)).expect("details");
         let v: Value = serde_json::from_str(&text).expect("details JSON");
         prop_assert_eq!(v["order"]["items"].as_array().map(Vec::len), Some(order.items.len()));
         let total = order.fmt(order.total);
@@ -188,7 +188,7 @@ proptest! {
 
     #[test]
     fn hub_events_on_the_wire_carry_the_dto_exactly(d in dto(), k in kind()) {
-        let method = k.hub_method();
+        let method = ordertrack::testing::client_method(k);
         let json_frame = encode_event(Protocol::Json, method, &d);
         let text = std::str::from_utf8(&json_frame).expect("utf-8");
         prop_assert!(text.ends_with('\u{1e}'), "a JSON record ends with 0x1E");

@@ -1,32 +1,12 @@
 //! Events: what a committed change tells hub subscribers, shaped as the user's
-//! `OrderStatusBroadcastDto`. The hub's codecs turn these into JSON or MessagePack.
+//! `OrderStatusBroadcastDto`. The status machine (`status.rs`) says which kinds a move
+//! produces; the hub names the client method for each kind and encodes these.
 
 use super::order::Order;
-use super::status::OrderStatus;
+use super::status::{EventKind, OrderStatus};
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// Which hub method carries an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventKind {
-    OrderPlaced,
-    PaymentSucceeded,
-    PaymentFailed,
-    StatusChanged,
-}
-
-impl EventKind {
-    /// The client-side method name (exact casing: .NET and Java handlers are case-sensitive).
-    pub fn hub_method(self) -> &'static str {
-        match self {
-            EventKind::OrderPlaced => "ReceiveOrderPlaced",
-            EventKind::PaymentSucceeded => "ReceiveOrderPaymentSucceeded",
-            EventKind::PaymentFailed => "ReceiveOrderPaymentFailed",
-            EventKind::StatusChanged => "ReceiveOrderStatusChanged",
-        }
-    }
-}
 
 /// The `OrderStatusBroadcastDto`: an immutable snapshot of an order's tracking state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,16 @@
-//! The domain model: orders, money, the status machine and the events a change produces.
-//! Pure code: no hyper, no redb, no tokio, no clock reads (callers pass `now`).
+//! The domain model: orders, money, the status machine, the events a change produces, and the
+//! access rule (who sees and acts on which order). Pure code: no hyper, no redb, no tokio, no
+//! clock reads (callers pass `now`).
 
-pub mod event;
-pub mod money;
-pub mod order;
-pub mod status;
-pub mod time;
+pub(crate) mod access;
+pub(crate) mod event;
+pub(crate) mod money;
+pub(crate) mod order;
+pub(crate) mod status;
+pub(crate) mod time;
 
-pub use event::{EventKind, OrderEvent, OrderStatusBroadcast};
-pub use order::{ActionDetails, FieldErrors, NewOrder, Order, OrderItem};
-pub use status::{Action, Actor, OrderStatus, Refusal, Step};
+pub use access::{may_act, ActRefusal, Principal};
+pub use event::{OrderEvent, OrderStatusBroadcast};
+pub use order::{ActionDetails, FieldErrors, NewOrder, Order};
+pub use status::{Action, EventKind, OrderStatus, Step};
 pub use time::Timestamp;

@@ -1,7 +1,6 @@
 //! Money: decimal amounts (never floats) and the number of minor digits each currency allows.
 
 use rust_decimal::Decimal;
-use std::str::FromStr;
 
 /// ISO 4217 currencies with no minor unit.
 const ZERO_DIGITS: &[&str] = &[
@@ -81,9 +80,10 @@ pub fn format_amount(amount: Decimal, digits: u32) -> String {
     d.to_string()
 }
 
-/// Convenience for tests and callers holding a literal.
-pub fn dec(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap_or_default()
+/// A decimal from a literal, for tests.
+#[cfg(test)]
+pub(crate) fn dec(s: &str) -> Decimal {
+    s.parse().unwrap_or_default()
 }
 
 #[cfg(test)]

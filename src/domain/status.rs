@@ -1,8 +1,17 @@
 //! The order status machine: which action moves which status where, who may ask for it, and
 //! the events each move produces.
 
-use super::event::EventKind;
 use serde::{Deserialize, Serialize};
+
+/// What a move tells subscribers: one kind per event the move produces (the hub maps each to
+/// its client method name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    OrderPlaced,
+    PaymentSucceeded,
+    PaymentFailed,
+    StatusChanged,
+}
 
 /// The eight status names of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

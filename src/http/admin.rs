@@ -4,7 +4,7 @@
 //! sizes. The server picks the snapshot's path; a request cannot name one.
 
 use super::problem::Problem;
-use super::{authenticate, json_response, method_not_allowed, not_found, App, Resp};
+use super::{json_response, method_not_allowed, not_found, principal, App, Credentials, Resp};
 use crate::store::maintenance;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -46,7 +46,7 @@ pub async fn route(
 }
 
 fn admin(app: &App, req: &Request<Incoming>) -> Result<(), Problem> {
-    let p = authenticate(app, req)?;
+    let p = principal(app, req, Credentials::HeaderOnly)?;
     if !p.administrator {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,

@@ -4,9 +4,8 @@
 
 use super::problem::Problem;
 use super::{json_response, read_body, App, Resp};
-use crate::auth::Principal;
 use crate::domain::order::{parse_reason, parse_time_field, ActionDetails};
-use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Timestamp};
+use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Principal, Timestamp};
 use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -98,7 +97,7 @@ fn visible_order(app: &App, p: &Principal, segment: &str, title: &str) -> Result
         return Err(Problem::order_not_found(title));
     };
     match app.store.get_order(id).map_err(store_problem)? {
-        Some(o) if p.can_see(&o) => Ok(o),
+        Some(o) if p.may_see(&o) => Ok(o),
         _ => Err(Problem::order_not_found(title)),
     }
 }
@@ -114,9 +113,11 @@ pub fn get_status(
         return Err(Problem::order_not_found(title));
     };
     match app.store.get_head(id).map_err(store_problem)? {
-        Some(h) if !p.capacities(h.customer_id, h.restaurant_id).is_empty() => Ok(
-            conditional_read(headers, &h.etag(), &super::views::status(&h)),
-        ),
+        Some(h) if p.visible(h.customer_id, h.restaurant_id) => Ok(conditional_read(
+            headers,
+            &h.etag(),
+            &super::views::status(&h),
+        )),
         _ => Err(Problem::order_not_found(title)),
     }
 }
@@ -224,7 +225,7 @@ pub async fn place_order(
     p: &Principal,
     req: Request<Incoming>,
 ) -> Result<Resp, Problem> {
-    if !p.order_service {
+    if !p.may_place_orders() {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "CreateOrder.Forbidden",

@@ -1,15 +1,18 @@
-//! HTTP: the shared application state, request routing, body limits and the per-request span.
-//! `server.rs` owns the accept loop and connection limits, `handlers.rs` the endpoints,
-//! `views.rs` the JSON shapes and `problem.rs` the RFC 7807 answers.
+//! HTTP: the shared application state, request routing, body limits, the one bearer-token
+//! extraction (REST and hub endpoints) and the per-request span. `server.rs` owns the accept
+//! loop and connection limits, `handlers.rs` the REST endpoints, `hubs.rs` the hub endpoints
+//! (negotiate, upgrade, CORS), `views.rs` the JSON shapes and `problem.rs` the RFC 7807 answers.
 
-pub mod admin;
-pub mod handlers;
-pub mod openapi;
-pub mod problem;
-pub mod server;
-pub mod views;
+mod admin;
+mod handlers;
+mod hubs;
+mod openapi;
+mod problem;
+pub(crate) mod server;
+pub(crate) mod views;
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{AuthError, Authenticator};
+use crate::domain::Principal;
 use crate::metrics::Metrics;
 use crate::store::{Store, WriterHandle};
 use bytes::Bytes;
@@ -144,17 +147,39 @@ pub fn new_trace_id() -> String {
     format!("{v:032x}")
 }
 
-pub(crate) fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Principal, Problem> {
-    app.auth
-        .verify_header(
-            req.headers()
-                .get(hyper::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-        .map_err(|e| {
-            tracing::debug!(reason = %e, "token refused");
-            Problem::unauthorized()
-        })
+/// Where a request may carry its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// `Authorization: Bearer …` only (REST, hub negotiate).
+    HeaderOnly,
+    /// The header or, without one, the `access_token` query parameter: the hub's WebSocket
+    /// upgrade, where browsers cannot set headers.
+    HeaderOrQuery,
+}
+
+/// The one bearer-token extraction, for REST and hub endpoints alike: the verified principal,
+/// or the 401 problem. The token never reaches a log line.
+pub(crate) fn principal(
+    app: &App,
+    req: &Request<Incoming>,
+    from: Credentials,
+) -> Result<Principal, Problem> {
+    let verified = match req.headers().get(hyper::header::AUTHORIZATION) {
+        Some(h) => app.auth.verify_header(Some(h.as_bytes())),
+        None => match from {
+            Credentials::HeaderOrQuery => {
+                match crate::hub::query_value(req.uri().query(), "access_token") {
+                    Some(t) => app.auth.verify(&t),
+                    None => Err(AuthError::Missing),
+                }
+            }
+            Credentials::HeaderOnly => Err(AuthError::Missing),
+        },
+    };
+    verified.map_err(|e| {
+        tracing::debug!(reason = %e, "token refused");
+        Problem::unauthorized()
+    })
 }
 
 pub(crate) fn method_not_allowed(allow: &'static str) -> Problem {
@@ -236,12 +261,12 @@ async fn route(
         }
         ["openapi.json"] => ("openapi", openapi::serve(req.method())),
         ["admin", rest @ ..] => admin::route(app, req, rest).await,
-        ["hubs", hub, rest @ ..] => crate::hub::route(app, req, hub, rest, peer).await,
+        ["hubs", hub, rest @ ..] => hubs::route(app, req, hub, rest, peer).await,
         ["api", "v1", "orders"] => {
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
-            let r = match authenticate(app, &req) {
+            let r = match principal(app, &req, Credentials::HeaderOnly) {
                 Ok(p) => handlers::place_order(app, &p, req).await,
                 Err(e) => Err(e),
             };
@@ -251,7 +276,7 @@ async fn route(
             if m != Method::GET {
                 return ("order_history", Err(method_not_allowed("GET")));
             }
-            let r = authenticate(app, &req)
+            let r = principal(app, &req, Credentials::HeaderOnly)
                 .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
             ("order_history", r)
         }
@@ -259,7 +284,7 @@ async fn route(
             if m != Method::GET {
                 return ("order_details", Err(method_not_allowed("GET")));
             }
-            let r = authenticate(app, &req)
+            let r = principal(app, &req, Credentials::HeaderOnly)
                 .and_then(|p| handlers::get_details(app, &p, req.headers(), id));
             ("order_details", r)
         }
@@ -267,7 +292,7 @@ async fn route(
             if m != Method::GET {
                 return ("order_status", Err(method_not_allowed("GET")));
             }
-            let r = authenticate(app, &req)
+            let r = principal(app, &req, Credentials::HeaderOnly)
                 .and_then(|p| handlers::get_status(app, &p, req.headers(), id));
             ("order_status", r)
         }
@@ -278,7 +303,7 @@ async fn route(
             let Some(action) = handlers::parse_action(action) else {
                 return ("order_action", Err(not_found()));
             };
-            let r = match authenticate(app, &req) {
+            let r = match principal(app, &req, Credentials::HeaderOnly) {
                 Ok(p) => handlers::act(app, &p, id, action, req).await,
                 Err(e) => Err(e),
             };

@@ -1,9 +1,7 @@
 //! The JSON shapes of the REST answers (status, details, history page, action answer).
 //! Money goes out as JSON numbers with the currency's minor digits, written from decimals.
 
-use crate::auth::Principal;
-use crate::domain::status::can_cancel;
-use crate::domain::{Order, Timestamp};
+use crate::domain::{Order, Principal, Timestamp};
 use crate::store::heads::OrderHead;
 use crate::store::HistoryPage;
 use serde::{Serialize, Serializer};
@@ -132,10 +130,7 @@ pub struct Details<'a> {
 pub fn details<'a>(o: &'a Order, viewer: &Principal) -> Details<'a> {
     let cur = o.currency.as_str();
     let amt = |d| Amount(o.fmt(d));
-    let cancellable = viewer
-        .capacities(o.customer_id, o.restaurant_id)
-        .into_iter()
-        .any(|a| can_cancel(o.status, a));
+    let cancellable = viewer.may_cancel_now(o);
     Details {
         order: DetailsView {
             order_id: o.id,

@@ -1,34 +1,43 @@
-//! SignalR hubs over raw WebSockets: `customer-orders` and `restaurant-orders`.
-//! `negotiate.rs` answers negotiate, `protocol.rs` holds the JSON and MessagePack codecs,
-//! `connection.rs` runs one connection, `subscriptions.rs` is the lock-sharded table, and this
-//! file routes hub requests, upgrades them, and fans committed events out to subscribers.
+//! The SignalR engine for the `customer-orders` and `restaurant-orders` hubs: the protocol
+//! codecs, the subscription tables, the connections, and the fan-out of committed events to
+//! subscribers. It speaks to upgraded byte streams and knows nothing of HTTP routing: the HTTP
+//! adapter (`http/hubs.rs`: negotiate, upgrade, CORS, the token) admits a connection here and
+//! hands it its stream.
+//!
+//! - `protocol/`: the JSON and MessagePack codecs, client side included;
+//! - `subscriptions.rs`: the lock-sharded group table;
+//! - `outbound.rs`: a connection's bounded queue; `methods.rs`: the hub methods;
+//!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and pending tokens;
+//! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
+//!   through which subscriptions change (table and gauge together), and the dispatcher.
 
-pub mod connection;
-pub mod negotiate;
+mod connection;
+mod methods;
+mod negotiate;
+mod outbound;
 pub mod protocol;
-pub mod subscriptions;
+mod subscriptions;
 
-use crate::auth::Principal;
-use crate::domain::OrderEvent;
-use crate::http::problem::Problem;
-use crate::http::{App, Resp};
+pub use negotiate::{negotiate_body, query_value, Pending};
+pub use outbound::Outbound;
+pub use subscriptions::{Counts, SubscriptionTable};
+
+use crate::domain::{EventKind, OrderEvent, Principal};
 use crate::metrics::Metrics;
-use crate::store::EventSink;
+use crate::store::{EventSink, Store};
 use bytes::Bytes;
-use connection::Outbound;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
-use hyper::{Method, Request, Response, StatusCode};
 use protocol::{encode_event, Protocol};
+use std::fmt::Display;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use subscriptions::SubscriptionTable;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 /// Which hub a connection belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +47,24 @@ pub enum HubKind {
 }
 
 impl HubKind {
-    fn from_path(s: &str) -> Option<HubKind> {
+    /// The hub named by a URL path segment.
+    pub fn from_path(s: &str) -> Option<HubKind> {
         match s {
             "customer-orders" => Some(HubKind::CustomerOrders),
             "restaurant-orders" => Some(HubKind::RestaurantOrders),
             _ => None,
         }
+    }
+}
+
+/// The client-side method that carries an event (exact casing: .NET and Java handlers are
+/// case-sensitive).
+pub fn client_method(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::OrderPlaced => "ReceiveOrderPlaced",
+        EventKind::PaymentSucceeded => "ReceiveOrderPaymentSucceeded",
+        EventKind::PaymentFailed => "ReceiveOrderPaymentFailed",
+        EventKind::StatusChanged => "ReceiveOrderStatusChanged",
     }
 }
 
@@ -73,13 +94,57 @@ impl Default for HubSettings {
     }
 }
 
+/// Which kind of group a subscription is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    Order,
+    Restaurant,
+}
+
+/// Who a connection is, for its log lines. The `hub` span is built per logged line: one held
+/// for the connection's whole life costs about half a KiB in the subscriber's registry.
+#[derive(Clone, Copy, Debug)]
+pub struct Who {
+    pub id: u64,
+    pub kind: HubKind,
+    pub peer: SocketAddr,
+    pub user: Uuid,
+}
+
+impl Who {
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("hub", conn = self.id, hub = ?self.kind, peer = %self.peer, user = %self.user)
+    }
+}
+
+/// Whatever keeps a connection counted by the server that accepted it (its place under the
+/// server's caps). The hub holds it, never looks inside, and drops it when the connection ends.
+pub type SlotGuard = Box<dyn Send + Sync>;
+
+/// A place under the hub's connection cap. Keeps the count and the gauge right however the
+/// connection ends: both are given back on drop.
+pub struct Admission {
+    hubs: Arc<Hubs>,
+    id: u64,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hubs.connections.fetch_sub(1, Ordering::AcqRel);
+        self.hubs
+            .metrics
+            .hub_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The hubs' shared state: settings, subscription tables, live connections.
 pub struct Hubs {
     pub settings: HubSettings,
-    pub metrics: Arc<Metrics>,
-    pub orders: SubscriptionTable<Arc<Outbound>>,
-    pub restaurants: SubscriptionTable<Arc<Outbound>>,
-    pending: negotiate::Pending,
+    metrics: Arc<Metrics>,
+    orders: SubscriptionTable<Arc<Outbound>>,
+    restaurants: SubscriptionTable<Arc<Outbound>>,
+    pending: Pending,
     connections: AtomicUsize,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -100,7 +165,7 @@ impl Hubs {
             metrics,
             orders: SubscriptionTable::new(64),
             restaurants: SubscriptionTable::new(64),
-            pending: negotiate::Pending::default(),
+            pending: Pending::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -123,14 +188,77 @@ impl Hubs {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
     }
 
+    /// The negotiate answer (JSON text) for a request with `query`.
+    pub fn negotiate(&self, query: Option<&str>) -> String {
+        negotiate_body(query, &self.pending)
+    }
+
+    /// Claims a negotiated connection token; false when it is unknown or expired.
+    pub fn take_negotiated(&self, token: &str) -> bool {
+        self.pending.take(token)
+    }
+
+    /// Takes a place under the connection cap; `None` at the cap or while shutting down (the
+    /// refusal is counted).
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let count = self.connections.fetch_add(1, Ordering::AcqRel);
+        if count >= self.settings.max_connections || self.shutdown.is_cancelled() {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
+        Some(Admission {
+            hubs: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Starts an admitted connection: `opened` yields the upgraded stream. Orders are read from
+    /// `orders` (for `SubscribeToOrder`); `slot` is held until the connection ends.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start<F, S, E>(
+        self: &Arc<Self>,
+        admission: Admission,
+        opened: F,
+        kind: HubKind,
+        peer: SocketAddr,
+        principal: Principal,
+        orders: Store,
+        slot: Option<SlotGuard>,
+    ) where
+        F: Future<Output = Result<S, E>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let who = Who {
+            id: admission.id,
+            kind,
+            peer,
+            user: principal.sub,
+        };
+        // The connection's future is spawned as it is: every byte of it is held per connection.
+        self.tracker.spawn(connection::run(
+            self.clone(),
+            orders,
+            opened,
+            who,
+            principal,
+            admission,
+            slot,
+        ));
+    }
+
     /// Delivers one committed event to every subscriber of its order and its restaurant.
-    /// Each event is encoded at most once per protocol; subscribers share the bytes.
-    /// Public for `benches/fanout.rs`; the server calls it only from its dispatcher task.
+    /// Each event is encoded at most once per protocol; subscribers share the bytes. The
+    /// server calls it only from its dispatcher task.
     pub fn deliver(&self, event: &OrderEvent, scratch: &mut Vec<Arc<Outbound>>) {
         scratch.clear();
         self.orders.snapshot(event.order_id(), scratch);
         self.restaurants.snapshot(event.restaurant_id(), scratch);
-        let method = event.kind.hub_method();
+        let method = client_method(event.kind);
         let mut json: Option<Bytes> = None;
         let mut msgpack: Option<Bytes> = None;
         let mut delivered = 0u64;
@@ -158,9 +286,45 @@ impl Hubs {
             .fetch_add(delivered, Ordering::Relaxed);
     }
 
+    // ---- the one door through which subscriptions change: table and gauge move together ----
+
+    fn table(&self, group: Group) -> &SubscriptionTable<Arc<Outbound>> {
+        match group {
+            Group::Order => &self.orders,
+            Group::Restaurant => &self.restaurants,
+        }
+    }
+
+    /// Puts connection `conn` (its queue `out`) in `id`'s group; false if it already was.
+    pub fn subscribe(&self, group: Group, id: Uuid, conn: u64, out: Arc<Outbound>) -> bool {
+        let added = self.table(group).subscribe(id, conn, out);
+        if added {
+            self.metrics
+                .hub_subscriptions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Takes connection `conn` out of `id`'s group; false if it was not in it.
+    pub fn unsubscribe(&self, group: Group, id: Uuid, conn: u64) -> bool {
+        let removed = self.table(group).unsubscribe(id, conn);
+        if removed {
+            self.metrics
+                .hub_subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Whether connection `conn` is in `id`'s group.
+    pub fn is_subscribed(&self, group: Group, id: Uuid, conn: u64) -> bool {
+        self.table(group).is_subscribed(id, conn)
+    }
+
     /// Drops the group of an order that reached a terminal status. Called after the whole
     /// batch is delivered: one change can carry two events (PaymentFailed, StatusChanged).
-    fn drop_order_group(&self, order: uuid::Uuid) {
+    fn drop_order_group(&self, order: Uuid) {
         let dropped = self.orders.drop_group(order);
         self.metrics
             .hub_subscriptions
@@ -190,197 +354,4 @@ async fn dispatcher(
         }
         scratch.clear();
     }
-}
-
-fn cors(req_headers: &hyper::HeaderMap, resp: &mut Resp) {
-    if let Some(origin) = req_headers.get(hyper::header::ORIGIN) {
-        let h = resp.headers_mut();
-        h.insert("access-control-allow-origin", origin.clone());
-        h.insert(
-            "access-control-allow-credentials",
-            HeaderValue::from_static("true"),
-        );
-        h.insert("vary", HeaderValue::from_static("Origin"));
-    }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// The token of a hub request: `Authorization: Bearer` or, on the WebSocket upgrade only,
-/// the `access_token` query parameter (browsers cannot set headers there).
-fn hub_principal(
-    app: &App,
-    req: &Request<Incoming>,
-    allow_query: bool,
-) -> Result<Principal, Problem> {
-    if let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) {
-        return app
-            .auth
-            .verify_header(Some(h.as_bytes()))
-            .map_err(|_| Problem::unauthorized());
-    }
-    if allow_query {
-        if let Some(t) = negotiate::query_value(req.uri().query(), "access_token") {
-            return app.auth.verify(&t).map_err(|_| Problem::unauthorized());
-        }
-    }
-    Err(Problem::unauthorized())
-}
-
-/// Routes `/hubs/{hub}[/negotiate]`.
-pub async fn route(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    hub: &str,
-    rest: &[&str],
-    peer: SocketAddr,
-) -> (&'static str, Result<Resp, Problem>) {
-    let Some(kind) = HubKind::from_path(hub) else {
-        return ("not_found", Err(crate::http::not_found()));
-    };
-    let negotiate = match rest {
-        [] => false,
-        ["negotiate"] => true,
-        _ => return ("not_found", Err(crate::http::not_found())),
-    };
-    if req.method() == Method::OPTIONS {
-        let mut resp = plain(StatusCode::NO_CONTENT, "");
-        cors(req.headers(), &mut resp);
-        let h = resp.headers_mut();
-        h.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
-        );
-        let asked = req
-            .headers()
-            .get("access-control-request-headers")
-            .cloned()
-            .unwrap_or(HeaderValue::from_static(
-                "authorization, content-type, x-requested-with, x-signalr-user-agent",
-            ));
-        h.insert("access-control-allow-headers", asked);
-        h.insert("access-control-max-age", HeaderValue::from_static("600"));
-        return ("hub_preflight", Ok(resp));
-    }
-    if negotiate {
-        if req.method() != Method::POST {
-            let mut resp = plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST requests are required.\n",
-            );
-            resp.headers_mut()
-                .insert("allow", HeaderValue::from_static("POST, OPTIONS"));
-            return ("hub_negotiate", Ok(resp));
-        }
-        let mut resp = match hub_principal(app, &req, false) {
-            Err(p) => p.into_response(&crate::http::new_trace_id()),
-            Ok(_) => {
-                let body = negotiate::negotiate_body(req.uri().query(), &app.hubs.pending);
-                crate::http::json_response(StatusCode::OK, Bytes::from(body))
-            }
-        };
-        cors(req.headers(), &mut resp);
-        return ("hub_negotiate", Ok(resp));
-    }
-    ("hub_connect", upgrade(app, req, kind, peer))
-}
-
-fn upgrade(
-    app: &Arc<App>,
-    mut req: Request<Incoming>,
-    kind: HubKind,
-    peer: SocketAddr,
-) -> Result<Resp, Problem> {
-    if req.method() != Method::GET {
-        return Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Hub.MethodNotAllowed",
-            "Only WebSockets are supported on this hub.",
-        )
-        .with_header("allow", "GET, OPTIONS"));
-    }
-    let headers = req.headers();
-    let is_ws = headers
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && headers
-            .get(CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            });
-    let key = headers.get("sec-websocket-key").cloned();
-    let version_ok = headers
-        .get("sec-websocket-version")
-        .is_some_and(|v| v.as_bytes() == b"13");
-    let (true, Some(key), true) = (is_ws, key, version_ok) else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Hub.WebSocketRequired",
-            "This hub only supports the WebSockets transport (RFC 6455, version 13).",
-        ));
-    };
-    let principal = hub_principal(app, &req, true)?;
-    if let Some(id) = negotiate::query_value(req.uri().query(), "id") {
-        if !app.hubs.pending.take(&id) {
-            return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
-        }
-    }
-    let hubs = app.hubs.clone();
-    let count = hubs.connections.fetch_add(1, Ordering::AcqRel);
-    if count >= hubs.settings.max_connections || hubs.shutdown.is_cancelled() {
-        hubs.connections.fetch_sub(1, Ordering::AcqRel);
-        app.metrics
-            .refused_connections
-            .fetch_add(1, Ordering::Relaxed);
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Hub.TooManyConnections",
-            "The hub is at its connection limit; retry later.",
-        )
-        .with_header("retry-after", "5"));
-    }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    // Keeps the connection counted under the total and per-address caps while it is open.
-    let held = req
-        .extensions_mut()
-        .remove::<crate::http::server::ConnectionSlot>();
-    let conn_id = hubs.next_id.fetch_add(1, Ordering::Relaxed);
-    hubs.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
-    let guard = connection::CountGuard::new(hubs.clone());
-    let who = connection::Who {
-        id: conn_id,
-        kind,
-        peer,
-        user: principal.sub,
-    };
-    // The connection's future is spawned as it is: every byte of it is held per connection.
-    hubs.tracker.spawn(connection::run(
-        app.clone(),
-        on_upgrade,
-        who,
-        principal,
-        guard,
-        held,
-    ));
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert("sec-websocket-accept", v);
-    }
-    Ok(resp)
 }

@@ -76,15 +76,4 @@ impl LiveHeads {
             m.insert(o.id, OrderHead::of(o));
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -2,11 +2,11 @@
 //! (`writer.rs`), and read queries that run in their own read transactions and never wait for
 //! the writer.
 
-pub mod heads;
-pub mod maintenance;
-pub mod schema;
-pub mod wal;
-pub mod writer;
+pub(crate) mod heads;
+pub(crate) mod maintenance;
+pub(crate) mod schema;
+pub(crate) mod wal;
+pub(crate) mod writer;
 
 use crate::domain::{Order, OrderEvent, OrderStatus};
 use redb::{Database, ReadableDatabase};
@@ -21,6 +21,14 @@ use uuid::Uuid;
 pub use writer::{
     ActRequest, Acted, EventSink, PlaceRequest, Placed, WriterHandle, WriterSettings,
 };
+
+/// Every commit records redb's allocator state ("quick repair"), so reopening after a crash
+/// or a failed write needs no repair walk over the whole file. Measured by
+/// `tests/reliability_recovery.rs` on a 1,000,000-order (1.2 GiB) file: reopen after SIGKILL
+/// 3.8 s without, 43 ms with; one idle single-row commit 2.2 ms without, 6.7 ms with (one
+/// more fsync); group-commit throughput unchanged within noise. Recovery time without it grows
+/// with the file, which only grows (orders are kept), so it is on.
+pub const QUICK_REPAIR: bool = true;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -176,7 +184,7 @@ impl Store {
         let path = dir.join("orders.redb");
         let db = open_file(&path, settings)?;
         let mut txn = db.begin_write().map_err(StoreError::io)?;
-        txn.set_quick_repair(writer::QUICK_REPAIR);
+        txn.set_quick_repair(QUICK_REPAIR);
         {
             txn.open_table(ORDERS).map_err(StoreError::io)?;
             txn.open_table(BY_CUSTOMER).map_err(StoreError::io)?;
@@ -253,7 +261,7 @@ impl Store {
     /// Called by the writer after a failed batch: when the handle refuses new write
     /// transactions (redb latches I/O errors), closes it and opens the file again. Readers wait
     /// for the swap (with quick-repair the reopen takes milliseconds, see
-    /// `writer::QUICK_REPAIR`) rather than fail.
+    /// `QUICK_REPAIR`) rather than fail.
     pub(crate) fn recover(&self) {
         let Ok(db) = self.db() else { return };
         match db.begin_write() {
@@ -293,7 +301,7 @@ impl Store {
         };
         let db = self.db()?;
         let mut txn = db.begin_write().map_err(StoreError::io)?;
-        txn.set_quick_repair(writer::QUICK_REPAIR);
+        txn.set_quick_repair(QUICK_REPAIR);
         let last = log.last_seq();
         {
             let mut meta = txn.open_table(META).map_err(StoreError::io)?;

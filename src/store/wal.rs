@@ -485,7 +485,7 @@ pub fn replay(db: &Database, log: &mut CommitLog, durable: bool) -> Result<usize
     }
     if !missing.is_empty() {
         let mut txn = db.begin_write().map_err(StoreError::io)?;
-        txn.set_quick_repair(super::writer::QUICK_REPAIR);
+        txn.set_quick_repair(super::QUICK_REPAIR);
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(StoreError::io)?;

@@ -6,7 +6,7 @@
 
 use super::{Cast, Server};
 use futures_util::{SinkExt, StreamExt};
-use ordertrack::hub::protocol::{self, Protocol};
+use ordertrack::testing::protocol::{self, Protocol};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -54,7 +54,7 @@ pub fn split_json_records(text: &str) -> impl Iterator<Item = &str> {
         .filter(|r| !r.trim().is_empty())
 }
 
-/// Encodes a message as a client would send it (for tests and test clients). `Arg::Other`
+/// Encodes any client message (clients, and tests that send odd but well-framed ones). `Arg::Other`
 /// goes out as null; ignored payloads (stream items, completion results) are left out or null.
 pub fn encode_client_message(protocol: Protocol, msg: &ClientMessage) -> Bytes {
     match protocol {

@@ -1,0 +1,176 @@
+//! The HTTP side of the hubs: routes `/hubs/{hub}` and `/hubs/{hub}/negotiate`, answers CORS
+//! preflights and negotiate, checks the WebSocket upgrade and the token, and hands the accepted
+//! upgrade to the SignalR engine (`hub/`) with what a connection needs: the hubs, the order
+//! store to read from, and this server's connection slot as an opaque guard.
+
+use super::problem::Problem;
+use super::server::ConnectionSlot;
+use super::{json_response, not_found, principal, App, Credentials, Resp};
+use crate::hub::{query_value, HubKind, SlotGuard};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn cors(req_headers: &hyper::HeaderMap, resp: &mut Resp) {
+    if let Some(origin) = req_headers.get(hyper::header::ORIGIN) {
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", origin.clone());
+        h.insert(
+            "access-control-allow-credentials",
+            HeaderValue::from_static("true"),
+        );
+        h.insert("vary", HeaderValue::from_static("Origin"));
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Routes `/hubs/{hub}[/negotiate]`.
+pub async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    hub: &str,
+    rest: &[&str],
+    peer: SocketAddr,
+) -> (&'static str, Result<Resp, Problem>) {
+    let Some(kind) = HubKind::from_path(hub) else {
+        return ("not_found", Err(not_found()));
+    };
+    let negotiate = match rest {
+        [] => false,
+        ["negotiate"] => true,
+        _ => return ("not_found", Err(not_found())),
+    };
+    if req.method() == Method::OPTIONS {
+        let mut resp = plain(StatusCode::NO_CONTENT, "");
+        cors(req.headers(), &mut resp);
+        let h = resp.headers_mut();
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        let asked = req
+            .headers()
+            .get("access-control-request-headers")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(
+                "authorization, content-type, x-requested-with, x-signalr-user-agent",
+            ));
+        h.insert("access-control-allow-headers", asked);
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+        return ("hub_preflight", Ok(resp));
+    }
+    if negotiate {
+        if req.method() != Method::POST {
+            let mut resp = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST requests are required.\n",
+            );
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("POST, OPTIONS"));
+            return ("hub_negotiate", Ok(resp));
+        }
+        let mut resp = match principal(app, &req, Credentials::HeaderOnly) {
+            Err(p) => p.into_response(&super::new_trace_id()),
+            Ok(_) => {
+                let body = app.hubs.negotiate(req.uri().query());
+                json_response(StatusCode::OK, Bytes::from(body))
+            }
+        };
+        cors(req.headers(), &mut resp);
+        return ("hub_negotiate", Ok(resp));
+    }
+    ("hub_connect", upgrade(app, req, kind, peer))
+}
+
+fn upgrade(
+    app: &Arc<App>,
+    mut req: Request<Incoming>,
+    kind: HubKind,
+    peer: SocketAddr,
+) -> Result<Resp, Problem> {
+    if req.method() != Method::GET {
+        return Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Hub.MethodNotAllowed",
+            "Only WebSockets are supported on this hub.",
+        )
+        .with_header("allow", "GET, OPTIONS"));
+    }
+    let headers = req.headers();
+    let is_ws = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            });
+    let key = headers.get("sec-websocket-key").cloned();
+    let version_ok = headers
+        .get("sec-websocket-version")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let (true, Some(key), true) = (is_ws, key, version_ok) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Hub.WebSocketRequired",
+            "This hub only supports the WebSockets transport (RFC 6455, version 13).",
+        ));
+    };
+    let principal = principal(app, &req, Credentials::HeaderOrQuery)?;
+    if let Some(id) = query_value(req.uri().query(), "id") {
+        if !app.hubs.take_negotiated(&id) {
+            return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
+        }
+    }
+    let Some(admission) = app.hubs.admit() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Hub.TooManyConnections",
+            "The hub is at its connection limit; retry later.",
+        )
+        .with_header("retry-after", "5"));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Keeps the connection counted under the total and per-address caps while it is open.
+    let slot = req
+        .extensions_mut()
+        .remove::<ConnectionSlot>()
+        .map(|s| Box::new(s) as SlotGuard);
+    let opened = async move { on_upgrade.await.map(TokioIo::new) };
+    app.hubs.start(
+        admission,
+        opened,
+        kind,
+        peer,
+        principal,
+        app.store.clone(),
+        slot,
+    );
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    Ok(resp)
+}
