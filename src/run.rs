@@ -92,8 +92,10 @@ pub(crate) async fn serve_with(
     on_started: impl FnOnce(std::net::SocketAddr, CancellationToken),
 ) -> Result<(), RunError> {
     let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
-    // Bind before anything is logged, so a taken port is one clear line of error.
+    // Bind before anything is logged or created, so a taken port is one clear line of error
+    // and leaves no data directory or development secret behind.
     let listener = bind(settings.listen).map_err(|e| RunError::Listen(settings.listen, e))?;
+    settings.create_data_dir()?;
     if settings.dev_secret {
         tracing::warn!(
             path = %settings.data_dir.join("dev-jwt-secret").display(),
