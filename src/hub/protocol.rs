@@ -55,7 +55,8 @@ impl Protocol {
 // Handshake
 // ---------------------------------------------------------------------------------------------
 
-/// A parsed handshake request. Version 2 (stateful reconnect) is accepted and served like 1.
+/// A parsed handshake request. Versions 0, 1 and 2 are accepted, as ASP.NET Core 8+ does
+/// (`version <= 2`; Python's `signalrcore` sends 0); all are served alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandshakeRequest {
     pub protocol: Protocol,
@@ -67,8 +68,9 @@ pub struct HandshakeRequest {
 pub enum HandshakeError {
     #[error("The protocol '{0}' is not supported.")]
     UnsupportedProtocol(String),
-    #[error("The server does not support version {version} of the '{}' protocol.", protocol.name())]
-    UnsupportedVersion { protocol: Protocol, version: i64 },
+    /// Names the protocol as the client spelled it, like ASP.NET.
+    #[error("The server does not support version {version} of the '{protocol}' protocol.")]
+    UnsupportedVersion { protocol: String, version: i64 },
     #[error("An unexpected error occurred during connection handshake.")]
     Malformed,
     /// More than the handshake limit arrived without a `0x1E`.
@@ -182,11 +184,14 @@ pub fn parse_handshake_request(body: &[u8]) -> Result<HandshakeRequest, Handshak
     let protocol = Protocol::from_name(name)
         .ok_or_else(|| HandshakeError::UnsupportedProtocol(name.to_owned()))?;
     match u32::try_from(version) {
-        Ok(v @ 1..=2) => Ok(HandshakeRequest {
+        Ok(v @ 0..=2) => Ok(HandshakeRequest {
             protocol,
             version: v,
         }),
-        _ => Err(HandshakeError::UnsupportedVersion { protocol, version }),
+        _ => Err(HandshakeError::UnsupportedVersion {
+            protocol: name.to_owned(),
+            version,
+        }),
     }
 }
 
@@ -1841,7 +1846,7 @@ mod tests {
             parse(r#"{"version":7,"protocol":"MessagePack"}"#)
                 .unwrap_err()
                 .to_string(),
-            "The server does not support version 7 of the 'messagepack' protocol."
+            "The server does not support version 7 of the 'MessagePack' protocol."
         );
         for bad in [
             r#"{"protocol":"json"}"#,
@@ -1860,8 +1865,18 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(parse(r#"{"protocol":"json","version":0}"#).is_err());
-        assert!(parse(r#"{"protocol":"json","version":-1}"#).is_err());
+        for v in 0..=2 {
+            for p in ["json", "messagepack"] {
+                let r = parse(&format!(r#"{{"protocol":"{p}","version":{v}}}"#)).unwrap();
+                assert_eq!(r.version, v, "{p} v{v}");
+            }
+        }
+        assert_eq!(
+            parse(r#"{"protocol":"json","version":-1}"#)
+                .unwrap_err()
+                .to_string(),
+            "The server does not support version -1 of the 'json' protocol."
+        );
         assert!(parse(r#" {"version":1, "protocol":"json", "x":null} "#).is_ok());
     }
 
