@@ -149,5 +149,5 @@ echo "| poll: GET /status, 32 connections | $(row "$WORK/poll.md" "ratio") ($(ro
 echo "| write: 64 writers, durable transitions | $W; one commit per request $WB: $WR | ≥ 10,000/s, ≥ 20×, p99 ≤ 20 ms |"
 echo "| storm: $STORM clients | $(row "$WORK/storm.md" "storm: all reconnect + resubscribe at once") | 19,000 in ≤ 10 s |"
 echo "| restart: $SEED orders (${SIZE_MB} MiB) | /readyz in $READY_MS ms, RSS ${RSS} KiB | ≤ 1 s, RSS flat |"
-echo "| history, store vs SQLite | \`cargo bench --bench store\` (README, Benches) | page 1 at 100k ≤ 1.2 × at 10; redb ahead |"
+echo "| history, store vs SQLite | \`cargo bench --bench store\` (docs/performance.md, Benches) | page 1 at 100k ≤ 1.2 × at 10; redb ahead |"
 echo; echo "reproduce: \`scripts/bench.sh $SIZE\`"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long versions of the reliability tests (issue 5; README "Reliability"). Each step is the
+# The long versions of the reliability tests (issue 5; docs/reliability.md). Each step is the
 # same test `scripts/test.sh` runs short, scaled up by environment variables, in release mode.
 # Prints every RESULT line at the end. Takes about 30 minutes plus FUZZ_SECONDS x 6 (the
 # 1,000,000-order recovery file needs ~1.3 GB of disk in $TMPDIR). Needs root for the tmpfs

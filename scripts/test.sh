@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit/property/integration tests through the real
 # binary, the loom model checks of the subscription table, and the interop suite with the
-# official SignalR clients (Node and headless Chromium). CI runs exactly this (.ci/run).
+# official SignalR clients (Node and headless Chromium), and the README's own commands run as
+# written (scripts/readme-check.sh). CI runs this line as the README shows it (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,9 @@ cargo test --all-targets
 
 step "interop with the official @microsoft/signalr client (Node + Chromium)"
 ORDERTRACK_BIN="$PWD/target/debug/ordertrack" bash scripts/interop.sh
+
+step "the README's own commands, as written (fresh copy of the tree, release build)"
+bash scripts/readme-check.sh
 
 step "load tools at a tiny size (the full run is scripts/bench.sh)"
 bash scripts/bench.sh tiny >/dev/null

@@ -10,6 +10,35 @@ use std::str::FromStr;
 use thiserror::Error;
 use uuid::Uuid;
 
+/// The role that sees and acts on every order.
+pub const ADMINISTRATOR: &str = "Administrator";
+/// The role of the order service: places orders and reports payments.
+pub const ORDER_SERVICE: &str = "OrderService";
+/// Every role a token's `role` claim can grant; any other role grants nothing.
+pub const ROLES: [&str; 2] = [ADMINISTRATOR, ORDER_SERVICE];
+/// The forms of a `permission` claim that grant something, for messages.
+pub const PERMISSION_FORMS: &str =
+    "RestaurantStaff:<restaurantId> or RestaurantOwner:<restaurantId>";
+
+/// What one `permission` claim grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    Staff(Uuid),
+    Owner(Uuid),
+}
+
+/// Reads one `permission` claim: `RestaurantStaff:{restaurantId}` or
+/// `RestaurantOwner:{restaurantId}` with a UUID; anything else grants nothing (`None`).
+pub fn parse_permission(claim: &str) -> Option<Permission> {
+    let (kind, id) = claim.split_once(':')?;
+    let id = Uuid::from_str(id).ok()?;
+    match kind {
+        "RestaurantStaff" => Some(Permission::Staff(id)),
+        "RestaurantOwner" => Some(Permission::Owner(id)),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AuthError {
     #[error("no bearer token")]
@@ -244,19 +273,16 @@ impl Authenticator {
         };
         for role in c.role.into_vec() {
             match role.as_str() {
-                "Administrator" => p.administrator = true,
-                "OrderService" => p.order_service = true,
+                ADMINISTRATOR => p.administrator = true,
+                ORDER_SERVICE => p.order_service = true,
                 _ => {}
             }
         }
         for perm in c.permission.into_vec() {
-            if let Some((kind, id)) = perm.split_once(':') {
-                let Ok(id) = Uuid::from_str(id) else { continue };
-                match kind {
-                    "RestaurantStaff" => p.staff_of.push(id),
-                    "RestaurantOwner" => p.owner_of.push(id),
-                    _ => {}
-                }
+            match parse_permission(&perm) {
+                Some(Permission::Staff(id)) => p.staff_of.push(id),
+                Some(Permission::Owner(id)) => p.owner_of.push(id),
+                None => {}
             }
         }
         Ok(p)
@@ -374,6 +400,28 @@ mod tests {
             .verify_header(Some(format!("bearer {t}").as_bytes()))
             .is_ok());
         assert!(matches!(a.verify_header(None), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn permissions_grant_only_in_their_two_forms() {
+        let r = Uuid::new_v4();
+        assert_eq!(
+            parse_permission(&format!("RestaurantStaff:{r}")),
+            Some(Permission::Staff(r))
+        );
+        assert_eq!(
+            parse_permission(&format!("RestaurantOwner:{r}")),
+            Some(Permission::Owner(r))
+        );
+        for bad in [
+            "Foo".to_string(),
+            "RestaurantStaff:".to_string(),
+            "RestaurantStaff:nope".to_string(),
+            format!("restaurantstaff:{r}"),
+            format!("RestaurantManager:{r}"),
+        ] {
+            assert_eq!(parse_permission(&bad), None, "{bad}");
+        }
     }
 
     #[test]

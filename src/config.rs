@@ -1,7 +1,8 @@
 //! Command line and configuration: every setting has a flag, an `ORDERTRACK_*` environment
 //! variable and a key in the optional TOML file, in that order of precedence, then a default.
 
-use crate::auth::{parse_algorithm, AuthSettings, KeyError};
+use crate::auth::{parse_algorithm, parse_permission, AuthSettings, KeyError, PERMISSION_FORMS};
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -36,80 +37,127 @@ pub enum Command {
     Db(crate::db::DbCommand),
 }
 
+/// Help heading of the token settings.
+const JWT: &str = "JWT";
+/// Help heading of the limits and tuning knobs of `serve`, after the everyday settings.
+const TUNING: &str = "Tuning";
+
+// Help texts: the first paragraph is the `-h` line, the whole text the `--help` entry.
+
 /// Settings shared by every command that touches the data directory or tokens.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CommonArgs {
-    /// TOML configuration file (see config/ordertrack.example.toml).
+    /// TOML configuration file.
+    ///
+    /// Every key is optional and named like its flag with underscores (see
+    /// config/ordertrack.example.toml); unknown keys are an error. Precedence: flag, then
+    /// environment variable, then this file, then the default.
     #[arg(long, env = "ORDERTRACK_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory holding orders.redb and the development secret [default: ./data].
+    /// Directory holding orders.redb [default: ./data].
+    ///
+    /// Also holds the commit log (orders.wal) and, in development, the generated
+    /// dev-jwt-secret. Created on first start, once the port is bound.
     #[arg(long, env = "ORDERTRACK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// HS256 shared secret. Without it (and without a public key) a development secret is
-    /// created in the data directory.
-    #[arg(long, env = "ORDERTRACK_JWT_SECRET", hide_env_values = true)]
+    /// HS256 shared secret.
+    ///
+    /// Without it (and without a public key) a development secret is generated in the data
+    /// directory, with a loud warning: development only. Prefer the environment variable to the
+    /// flag, which other users can see in the process list.
+    #[arg(long, env = "ORDERTRACK_JWT_SECRET", hide_env_values = true, help_heading = JWT)]
     pub jwt_secret: Option<String>,
     /// PEM file with the public key for RS256, ES256 or EdDSA.
-    #[arg(long, env = "ORDERTRACK_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "ORDERTRACK_JWT_PUBLIC_KEY", help_heading = JWT)]
     pub jwt_public_key: Option<PathBuf>,
     /// Pinned JWT algorithm: HS256, RS256, ES256 or EdDSA [default: HS256].
-    #[arg(long, env = "ORDERTRACK_JWT_ALGORITHM")]
+    ///
+    /// Tokens naming another algorithm, or "none", are refused.
+    #[arg(long, env = "ORDERTRACK_JWT_ALGORITHM", help_heading = JWT)]
     pub jwt_algorithm: Option<String>,
     /// Required `iss` claim, when set.
-    #[arg(long, env = "ORDERTRACK_JWT_ISSUER")]
+    #[arg(long, env = "ORDERTRACK_JWT_ISSUER", help_heading = JWT)]
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set.
-    #[arg(long, env = "ORDERTRACK_JWT_AUDIENCE")]
+    #[arg(long, env = "ORDERTRACK_JWT_AUDIENCE", help_heading = JWT)]
     pub jwt_audience: Option<String>,
     /// Clock skew allowed on exp/nbf, in seconds [default: 30].
-    #[arg(long, env = "ORDERTRACK_JWT_LEEWAY")]
+    ///
+    /// A token is still accepted this long after its `exp`, and already this long before its
+    /// `nbf`.
+    #[arg(long, env = "ORDERTRACK_JWT_LEEWAY", help_heading = JWT)]
     pub jwt_leeway: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// Address to listen on [default: 127.0.0.1:8080].
+    ///
+    /// Plain HTTP: put TLS termination (nginx, Caddy, a load balancer) in front.
     #[arg(long, env = "ORDERTRACK_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Log format: text or json [default: text].
+    ///
+    /// Logs go to stderr; text is coloured only when stderr is a terminal and NO_COLOR is unset.
+    /// The level comes from ORDERTRACK_LOG (e.g. "info", "ordertrack=debug"); the WebSocket and
+    /// HTTP/2 libraries (tungstenite, tokio_tungstenite, h2) stay at info whatever it asks, as
+    /// their detailed lines repeat what clients send, tokens included.
     #[arg(long, env = "ORDERTRACK_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Most open client connections (HTTP and hub) [default: 19000].
-    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS")]
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Most open client connections, HTTP and hub [default: 19000].
+    ///
+    /// Beyond it a new connection is answered with a 503 problem and closed.
+    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS", help_heading = TUNING)]
     pub max_connections: Option<usize>,
     /// Most open hub (WebSocket) connections [default: 18000].
-    #[arg(long, env = "ORDERTRACK_MAX_HUB_CONNECTIONS")]
+    ///
+    /// Beyond it the upgrade is answered 503.
+    #[arg(long, env = "ORDERTRACK_MAX_HUB_CONNECTIONS", help_heading = TUNING)]
     pub max_hub_connections: Option<usize>,
     /// Most open connections from one client address [default: 19000].
-    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS_PER_IP")]
+    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS_PER_IP", help_heading = TUNING)]
     pub max_connections_per_ip: Option<usize>,
     /// redb page cache in MiB [default: 64].
-    #[arg(long, env = "ORDERTRACK_CACHE_MB")]
+    #[arg(long, env = "ORDERTRACK_CACHE_MB", help_heading = TUNING)]
     pub cache_mb: Option<usize>,
-    /// Commit log size in MiB; 0 turns the log off (every write batch is then a durable redb
-    /// commit) [default: 64].
-    #[arg(long, env = "ORDERTRACK_COMMIT_LOG_MB")]
+    /// Commit log size in MiB [default: 64].
+    ///
+    /// Each write batch is appended and synced to the commit log (orders.wal in the data
+    /// directory), and redb is made durable at checkpoints. 0 turns the log off: every write
+    /// batch is then a durable redb commit (slower, no extra file).
+    #[arg(long, env = "ORDERTRACK_COMMIT_LOG_MB", help_heading = TUNING)]
     pub commit_log_mb: Option<usize>,
-    /// Most write requests committed together (group commit); 1 commits each request alone
-    /// [default: 512].
-    #[arg(long, env = "ORDERTRACK_WRITER_MAX_BATCH")]
+    /// Most write requests committed together [default: 512].
+    ///
+    /// Group commit: requests arriving together share one durable write. 1 commits each request
+    /// alone (for comparisons).
+    #[arg(long, env = "ORDERTRACK_WRITER_MAX_BATCH", help_heading = TUNING)]
     pub writer_max_batch: Option<usize>,
-    /// Hub keep-alive: send a Ping after this many milliseconds without sending [default: 15000].
-    #[arg(long, env = "ORDERTRACK_HUB_KEEPALIVE_MS")]
+    /// Hub keep-alive in milliseconds [default: 15000].
+    ///
+    /// A Ping is sent after this long without sending anything (clients time out after 30 s of
+    /// silence).
+    #[arg(long, env = "ORDERTRACK_HUB_KEEPALIVE_MS", help_heading = TUNING)]
     pub hub_keepalive_ms: Option<u64>,
-    /// Hub client timeout: close after this many milliseconds without receiving [default: 30000].
-    #[arg(long, env = "ORDERTRACK_HUB_CLIENT_TIMEOUT_MS")]
+    /// Hub client timeout in milliseconds [default: 30000].
+    ///
+    /// A connection is closed after this long without receiving anything.
+    #[arg(long, env = "ORDERTRACK_HUB_CLIENT_TIMEOUT_MS", help_heading = TUNING)]
     pub hub_client_timeout_ms: Option<u64>,
     /// Hub handshake timeout in milliseconds [default: 15000].
-    #[arg(long, env = "ORDERTRACK_HUB_HANDSHAKE_TIMEOUT_MS")]
+    ///
+    /// The SignalR handshake must complete within this time.
+    #[arg(long, env = "ORDERTRACK_HUB_HANDSHAKE_TIMEOUT_MS", help_heading = TUNING)]
     pub hub_handshake_timeout_ms: Option<u64>,
-    /// Frames queued per hub connection before it is closed as a slow consumer [default: 256].
-    #[arg(long, env = "ORDERTRACK_HUB_QUEUE_FRAMES")]
+    /// Frames queued per hub connection [default: 256].
+    ///
+    /// A connection with more frames waiting is a slow consumer and is closed.
+    #[arg(long, env = "ORDERTRACK_HUB_QUEUE_FRAMES", help_heading = TUNING)]
     pub hub_queue_frames: Option<usize>,
     /// Most subscriptions one hub connection may hold [default: 100].
-    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS")]
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS", help_heading = TUNING)]
     pub hub_max_subscriptions: Option<usize>,
 }
 
@@ -120,15 +168,28 @@ pub struct TokenArgs {
     /// The user id (`sub`), a UUID.
     #[arg(long)]
     pub sub: uuid::Uuid,
-    /// A role: Administrator or OrderService (repeatable).
-    #[arg(long = "role")]
+    /// A role to grant (repeatable).
+    #[arg(long = "role", value_name = "ROLE", value_parser = PossibleValuesParser::new(crate::auth::ROLES))]
     pub roles: Vec<String>,
-    /// A permission such as RestaurantStaff:<restaurantId> (repeatable).
-    #[arg(long = "permission")]
+    /// A permission to grant: RestaurantStaff:<restaurantId> or RestaurantOwner:<restaurantId>
+    /// (repeatable).
+    #[arg(long = "permission", value_name = "PERMISSION", value_parser = permission_arg)]
     pub permissions: Vec<String>,
-    /// Lifetime, e.g. 90s, 15m, 1h, 7d [default: 1h].
+    /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+    ///
+    /// A negative lifetime (e.g. -1h) mints an already expired token, for tests.
     #[arg(long, default_value = "1h", allow_hyphen_values = true)]
     pub ttl: String,
+}
+
+/// Accepts a `--permission` only in a form the server grants something for.
+fn permission_arg(s: &str) -> Result<String, String> {
+    match parse_permission(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "use {PERMISSION_FORMS}, with the restaurant id a UUID"
+        )),
+    }
 }
 
 /// The optional TOML file: the same keys as the flags, with underscores.
@@ -173,6 +234,8 @@ pub enum ConfigError {
     LogFormat(String),
     #[error("bad --ttl '{0}': use a number with s, m, h or d")]
     Ttl(String),
+    #[error("the development secret {0} was created by another process meanwhile: start again")]
+    DevSecretRace(PathBuf),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +252,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// True when the secret was generated in the data directory (development mode).
     pub dev_secret: bool,
+    /// True when this start generated that secret and has not written it yet: it is written by
+    /// [`Settings::create_data_dir`], once the port is bound.
+    pub dev_secret_unsaved: bool,
     pub log_format: LogFormat,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -214,12 +280,24 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Resolves the token settings; creates the development secret when nothing is configured.
+/// How the development secret was found, when no secret is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DevSecret {
+    /// A secret is configured, or the algorithm needs a public key instead.
+    Unused,
+    /// Read from the data directory.
+    Read,
+    /// Generated now and not written yet.
+    Generated,
+}
+
+/// Resolves the token settings; reads or generates (without writing it) the development secret
+/// when nothing is configured.
 fn resolve_auth(
     c: &CommonArgs,
     f: &FileConfig,
     data_dir: &Path,
-) -> Result<(AuthSettings, bool), ConfigError> {
+) -> Result<(AuthSettings, DevSecret), ConfigError> {
     let algorithm = parse_algorithm(
         c.jwt_algorithm
             .as_deref()
@@ -236,10 +314,15 @@ fn resolve_auth(
         .clone()
         .or(f.jwt_secret.clone())
         .map(String::into_bytes);
-    let mut dev = false;
+    let mut dev = DevSecret::Unused;
     if secret.is_none() && algorithm == jsonwebtoken::Algorithm::HS256 {
-        secret = Some(dev_secret(data_dir)?);
-        dev = true;
+        let (s, generated) = dev_secret(data_dir);
+        secret = Some(s);
+        dev = if generated {
+            DevSecret::Generated
+        } else {
+            DevSecret::Read
+        };
     }
     Ok((
         AuthSettings {
@@ -254,29 +337,51 @@ fn resolve_auth(
     ))
 }
 
-/// Reads `dev-jwt-secret` from the data directory, creating it (random, 0600) on first use.
-fn dev_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
+/// The secret in `dev-jwt-secret` in the data directory, or a new random one (`true`: not
+/// written yet, see [`save_dev_secret`]). Writes nothing.
+fn dev_secret(data_dir: &Path) -> (Vec<u8>, bool) {
     use base64::Engine;
-    let path = data_dir.join("dev-jwt-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
+    if let Ok(s) = std::fs::read_to_string(data_dir.join("dev-jwt-secret")) {
         let s = s.trim();
         if !s.is_empty() {
-            return Ok(s.as_bytes().to_vec());
+            return (s.as_bytes().to_vec(), false);
         }
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| ConfigError::DataDir(data_dir.into(), e))?;
     let mut raw = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    write_private(&path, secret.as_bytes())
-        .map_err(|e| ConfigError::DataDir(data_dir.into(), e))?;
-    Ok(secret.into_bytes())
+    (secret.into_bytes(), true)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a generated development secret (0600) into the existing data directory. Another
+/// process may have written one since it was generated: the same secret is fine, an empty file
+/// is replaced, a different secret is an error (tokens would not verify).
+fn save_dev_secret(data_dir: &Path, secret: &[u8]) -> Result<(), ConfigError> {
+    let path = data_dir.join("dev-jwt-secret");
+    let failed = |e| ConfigError::DataDir(data_dir.into(), e);
+    match write_private(&path, secret, true) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let found = std::fs::read_to_string(&path).map_err(failed)?;
+            match found.trim() {
+                "" => write_private(&path, secret, false).map_err(failed),
+                t if t.as_bytes() == secret => Ok(()),
+                _ => Err(ConfigError::DevSecretRace(path)),
+            }
+        }
+        other => other.map_err(failed),
+    }
+}
+
+/// Writes `bytes` to a file only its owner can read; `new` refuses an existing file.
+fn write_private(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true);
+    if new {
+        opts.create_new(true);
+    } else {
+        opts.create(true).truncate(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -298,8 +403,6 @@ impl Settings {
     pub fn resolve(a: &ServeArgs) -> Result<Settings, ConfigError> {
         let f = load_file(a.common.config.as_deref())?;
         let data_dir = data_dir_of(&a.common, &f);
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| ConfigError::DataDir(data_dir.clone(), e))?;
         let (auth, dev_secret) = resolve_auth(&a.common, &f, &data_dir)?;
         let log_format = match a
             .log_format
@@ -318,7 +421,8 @@ impl Settings {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir,
             auth,
-            dev_secret,
+            dev_secret: dev_secret != DevSecret::Unused,
+            dev_secret_unsaved: dev_secret == DevSecret::Generated,
             log_format,
             max_connections: a.max_connections.or(f.max_connections).unwrap_or(19_000),
             max_connections_per_ip: a
@@ -368,13 +472,32 @@ impl Settings {
             },
         })
     }
+
+    /// Creates the data directory and writes a development secret this start generated.
+    /// `serve` calls it only once the port is bound: a start that fails earlier (a taken port,
+    /// a bad setting) leaves nothing behind.
+    pub fn create_data_dir(&self) -> Result<(), ConfigError> {
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| ConfigError::DataDir(self.data_dir.clone(), e))?;
+        match (&self.auth.secret, self.dev_secret_unsaved) {
+            (Some(secret), true) => save_dev_secret(&self.data_dir, secret),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Resolves what `token` needs: the auth settings (same sources and precedence as `serve`).
+/// Resolves what `token` needs: the auth settings (same sources and precedence as `serve`). A
+/// development secret it generates is written at once, for the server to use later.
 pub fn token_auth(c: &CommonArgs) -> Result<AuthSettings, ConfigError> {
     let f = load_file(c.config.as_deref())?;
     let data_dir = data_dir_of(c, &f);
-    Ok(resolve_auth(c, &f, &data_dir)?.0)
+    let (auth, dev) = resolve_auth(c, &f, &data_dir)?;
+    if let (Some(secret), DevSecret::Generated) = (&auth.secret, dev) {
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| ConfigError::DataDir(data_dir.clone(), e))?;
+        save_dev_secret(&data_dir, secret)?;
+    }
+    Ok(auth)
 }
 
 /// The data directory and the listen address this configuration names (flag or environment,

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -29,15 +30,43 @@ pub enum RunError {
     Mint(String),
 }
 
+/// Dependencies whose detailed levels repeat what a client sent, capped whatever `ORDERTRACK_LOG`
+/// asks for, so no token reaches the log through them (clients copy `Authorization: Bearer <JWT>`
+/// into every hub invocation's `headers`):
+/// - `tungstenite`, `tokio_tungstenite` (through `log`): at trace every WebSocket frame (as hex)
+///   and every text message verbatim; at debug close frames with the peer's reason text.
+/// - `h2`: at trace some header values and HPACK details; at debug the peer's GOAWAY data.
+///
+/// Nothing else in the binary logs payloads: hyper's own logging is compiled out (its `tracing`
+/// feature is off) and redb, tokio and mio log nothing a client sent.
+const DEPENDENCY_CAPS: [(&str, LevelFilter); 3] = [
+    ("tungstenite", LevelFilter::INFO),
+    ("tokio_tungstenite", LevelFilter::INFO),
+    ("h2", LevelFilter::INFO),
+];
+
+/// Logs to stderr, filtered by `ORDERTRACK_LOG` (default `info`) and by [`DEPENDENCY_CAPS`];
+/// text logs are coloured only when stderr is a terminal and `NO_COLOR` is unset or empty.
 pub(crate) fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERTRACK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second filter that every event must also pass: a user's more specific directive
+    // (`tungstenite::protocol=trace`) cannot lift the caps.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(DEPENDENCY_CAPS);
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().finish().with(caps).try_init(),
+        LogFormat::Text => builder.finish().with(caps).try_init(),
     };
 }
 
@@ -63,8 +92,10 @@ pub(crate) async fn serve_with(
     on_started: impl FnOnce(std::net::SocketAddr, CancellationToken),
 ) -> Result<(), RunError> {
     let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
-    // Bind before anything is logged, so a taken port is one clear line of error.
+    // Bind before anything is logged or created, so a taken port is one clear line of error
+    // and leaves no data directory or development secret behind.
     let listener = bind(settings.listen).map_err(|e| RunError::Listen(settings.listen, e))?;
+    settings.create_data_dir()?;
     if settings.dev_secret {
         tracing::warn!(
             path = %settings.data_dir.join("dev-jwt-secret").display(),

@@ -1276,3 +1276,94 @@ fn problem_trace_ids_match_the_trace_header() {
         "a trace id per request"
     );
 }
+
+/// Issue 10 (section 3): a body that is not valid JSON is answered with what is wrong and where
+/// (line and column), in the usual validation problem, for placing and for every action body.
+#[test]
+fn a_json_syntax_error_says_what_and_where() {
+    let server = Server::start();
+    let cast = Cast::new();
+    let id = place(&server, &cast, "Card");
+    let cases: [(&str, &str, &str, &str); 6] = [
+        (
+            "",
+            &cast.service_token,
+            "{\n  \"customerId\": \"x\",\n  \"items\": [1,]\n}",
+            "is not valid JSON: expected value (line 3, column 15)",
+        ),
+        (
+            "payment-failed",
+            &cast.service_token,
+            "{\"reason\": \"\\q\"}",
+            "is not valid JSON: invalid escape (line 1, column 14)",
+        ),
+        (
+            "accept",
+            &cast.staff_token,
+            "{\"estimatedDeliveryTime\": }",
+            "is not valid JSON: expected value (line 1, column 27)",
+        ),
+        (
+            "reject",
+            &cast.staff_token,
+            "{\"reason\": \"too busy\"",
+            "is not valid JSON: EOF while parsing an object (line 1, column 21)",
+        ),
+        (
+            "cancel",
+            &cast.customer_token,
+            "{\"reason\": \"x\"}\n  trailing",
+            "is not valid JSON: trailing characters (line 2, column 3)",
+        ),
+        (
+            "delivered",
+            &cast.staff_token,
+            "{'deliveredAt': 1}",
+            "is not valid JSON: key must be a string (line 1, column 2)",
+        ),
+    ];
+    for (action, token, body, expected) in cases {
+        let path = if action.is_empty() {
+            "/api/v1/orders".to_string()
+        } else {
+            action_path(id, action)
+        };
+        let r = post_raw(
+            &server,
+            token,
+            &path,
+            Some("application/json"),
+            body.as_bytes().to_vec(),
+            &[],
+        );
+        assert_eq!(r.status, 400, "{action}: {r:?}");
+        let (_, title, _) = problem(&r);
+        let want_title = if action.is_empty() {
+            "CreateOrder.Validation".to_string()
+        } else {
+            format!("Order.{}Validation", title_name(action))
+        };
+        assert_eq!(title, want_title, "{r:?}");
+        assert_eq!(
+            r.json()["errors"],
+            json!({ "": [expected] }),
+            "{action} with {body:?}"
+        );
+    }
+    // Valid JSON of the wrong shape keeps its own message.
+    let r = post_raw(
+        &server,
+        &cast.staff_token,
+        &action_path(id, "accept"),
+        Some("application/json"),
+        b"[1, 2]".to_vec(),
+        &[],
+    );
+    assert_eq!(
+        r.json()["errors"],
+        json!({ "": ["must be a JSON object"] }),
+        "{r:?}"
+    );
+    // Nothing changed.
+    assert_eq!(status_of(&server, &cast, id)["status"], "AwaitingPayment");
+}

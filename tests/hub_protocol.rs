@@ -481,6 +481,66 @@ async fn handshake_unsupported_version_is_refused_then_closed() {
     .await;
 }
 
+/// Issue 10 (4.1): ASP.NET Core 8+ accepts every handshake version up to 2 for both protocols,
+/// and Python's `signalrcore` sends version 0. Each accepted connection must then work.
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_versions_0_1_and_2_are_accepted_for_json_and_messagepack() {
+    let (server, cast) = setup();
+    let t = &cast.customer_token;
+    for version in 0..=2 {
+        let mut ws = bare(&server, t).await;
+        send_text(
+            &mut ws,
+            &format!("{{\"protocol\":\"json\",\"version\":{version}}}{RS}"),
+        )
+        .await;
+        let mut hub = JsonHub::expect_handshake_ok(ws).await;
+        let c = hub.invoke("Nope", json!([])).await;
+        assert_eq!(c["error"], "Unknown hub method 'Nope'", "json v{version}");
+
+        let mut ws = bare(&server, t).await;
+        let handshake = format!("{{\"protocol\":\"messagepack\",\"version\":{version}}}{RS}");
+        send_binary(&mut ws, handshake.as_bytes()).await;
+        match next_frame(&mut ws, WAIT).await {
+            Some(Frame::Binary(b)) => assert_eq!(b, b"{}\x1e", "messagepack v{version}"),
+            Some(Frame::Text(t)) => assert_eq!(t, "{}\u{1e}", "messagepack v{version}"),
+            other => panic!("messagepack v{version}: no handshake answer: {other:?}"),
+        }
+        send_binary(&mut ws, &mp_invocation(Some("1"), "Nope", &[])).await;
+        match next_frame(&mut ws, WAIT).await {
+            Some(Frame::Binary(b)) => {
+                let msgs = mp_messages(&b);
+                let c = msgs[0].arr();
+                assert_eq!(c[0], Mp::Int(3), "messagepack v{version}: {msgs:?}");
+                assert_eq!(c[4], Mp::Str("Unknown hub method 'Nope'".into()));
+            }
+            other => panic!("messagepack v{version}: expected a completion, got {other:?}"),
+        }
+    }
+}
+
+/// Version 3 and above are refused with ASP.NET's text, which names the protocol as the client
+/// spelled it.
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_version_3_is_refused_for_json_and_messagepack() {
+    let (server, cast) = setup();
+    let t = &cast.customer_token;
+    for (protocol, version) in [
+        ("json", 3),
+        ("messagepack", 3),
+        ("MessagePack", 3),
+        ("json", 4),
+    ] {
+        handshake_refused(
+            &server,
+            t,
+            &format!("{{\"protocol\":\"{protocol}\",\"version\":{version}}}{RS}"),
+            &format!("The server does not support version {version} of the '{protocol}' protocol."),
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn handshake_malformed_or_oversized_is_refused_then_closed() {
     let (server, cast) = setup();

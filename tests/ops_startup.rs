@@ -147,12 +147,16 @@ fn misconfigurations_are_one_clear_line() {
     );
 
     // A data directory that cannot be used: below a regular file, or with orders.redb a folder.
+    // (Both are found once the port is bound: give each a free one.)
     let file = t.join("plain-file");
     std::fs::write(&file, "x").unwrap();
     let below = file.join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
     one_line_failure(
         &[
             "serve",
+            "--listen",
+            &listen,
             "--data-dir",
             below.to_str().unwrap(),
             "--jwt-secret",
@@ -508,7 +512,14 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     }
     let _ = s.0.kill();
     let _ = s.0.wait();
-    assert!(t.join("data/dev-jwt-secret").is_file(), "{}", log_of(&s));
+    // The development secret is created once the port is bound, and only then.
+    let bound = !log_of(&s).contains("cannot listen on");
+    assert_eq!(
+        t.join("data/dev-jwt-secret").is_file(),
+        bound,
+        "{}",
+        log_of(&s)
+    );
 }
 
 #[test]
@@ -606,4 +617,221 @@ fn the_systemd_unit_verifies_and_its_command_serves() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
+}
+
+// ---- issue 10, section 3: errors that say what went wrong ------------------------------------
+
+/// clap's own detail survives the one-line wrapper: the missing argument is named, a misspelt
+/// flag gets clap's suggestion, a bad value says why; the bare command shows the usage.
+#[test]
+fn usage_errors_keep_clap_detail_on_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    one_line_failure(
+        &["token", "--jwt-secret", "s"],
+        &[],
+        t,
+        &["required", "--sub <SUB>", "(see --help)"],
+    );
+    one_line_failure(
+        &["serve", "--lisen", "127.0.0.1:1"],
+        &[],
+        t,
+        &["'--lisen'", "similar argument exists: '--listen'"],
+    );
+    one_line_failure(
+        &["serve", "--listen", "nowhere"],
+        &[],
+        t,
+        &["'nowhere'", "--listen", "invalid socket address"],
+    );
+    // No command at all: the usage, not the program's description passed off as an error.
+    let out = run_clean(&[], &[], t, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Usage: ordertrack"), "{err}");
+    assert!(err.contains("serve"), "{err}");
+}
+
+/// Each default is shown once; `serve -h` is a short grouped summary and `serve --help` the long
+/// one; everyday settings come before the tuning heading.
+#[test]
+fn help_shows_defaults_once_and_groups_serve_options() {
+    let help = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [["token", "--help"], ["token", "-h"]] {
+        let text = help(&args);
+        assert_eq!(
+            text.matches("[default: 1h]").count(),
+            1,
+            "{args:?}:\n{text}"
+        );
+    }
+    let short = help(&["serve", "-h"]);
+    let long = help(&["serve", "--help"]);
+    assert!(short.len() < long.len(), "-h is not shorter:\n{short}");
+    for text in [&short, &long] {
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("'{needle}' missing from:\n{text}"))
+        };
+        let tuning = at("Tuning:");
+        for everyday in ["--listen", "--data-dir", "--config", "--log-format"] {
+            assert!(at(everyday) < tuning, "{everyday} after the tuning heading");
+        }
+        for tuning_flag in ["--max-connections", "--cache-mb", "--hub-queue-frames"] {
+            assert!(
+                at(tuning_flag) > tuning,
+                "{tuning_flag} not under the tuning heading"
+            );
+        }
+        assert!(at("JWT:") < tuning, "JWT settings come before tuning");
+    }
+    // The long help carries the detail the short one leaves out.
+    assert!(long.contains("0 turns the log off"), "{long}");
+    assert!(!short.contains("0 turns the log off"), "{short}");
+}
+
+/// `token` refuses what the server would silently ignore, naming the accepted forms.
+#[test]
+fn token_refuses_unknown_roles_and_malformed_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let sub = uuid::Uuid::new_v4().to_string();
+    let base = ["token", "--jwt-secret", "s", "--sub", &sub];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    for bad in ["Admin", "administrator", ""] {
+        let args = with(&["--role", bad]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        one_line_failure(&args, &[], t, &["Administrator", "OrderService"]);
+    }
+    let restaurant = uuid::Uuid::new_v4();
+    for bad in [
+        "Foo".to_string(),
+        "RestaurantStaff".to_string(),
+        "RestaurantStaff:".to_string(),
+        "RestaurantStaff:not-a-uuid".to_string(),
+        format!("RestaurantManager:{restaurant}"),
+        format!("restaurantstaff:{restaurant}"),
+    ] {
+        let args = with(&["--permission", &bad]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        one_line_failure(
+            &args,
+            &[],
+            t,
+            &[
+                &format!("'{bad}'"),
+                "RestaurantStaff:<restaurantId>",
+                "RestaurantOwner:<restaurantId>",
+            ],
+        );
+    }
+    // The accepted forms still mint.
+    let staff = format!("RestaurantStaff:{restaurant}");
+    let owner = format!("RestaurantOwner:{restaurant}");
+    let args = with(&[
+        "--role",
+        "Administrator",
+        "--role",
+        "OrderService",
+        "--permission",
+        &staff,
+        "--permission",
+        &owner,
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_clean(&args, &[], t, Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches('.').count(), 2);
+}
+
+/// A start that fails on a taken port is one line and leaves nothing behind: no development
+/// secret, not even the data directory.
+#[test]
+fn a_start_on_a_taken_port_leaves_no_development_secret_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for command in ["serve", "demo"] {
+        let data = t.join(format!("fresh-{command}")).join("data");
+        one_line_failure(
+            &[
+                command,
+                "--listen",
+                &addr,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            t,
+            &["cannot listen on", &addr],
+        );
+        assert!(
+            !data.join("dev-jwt-secret").exists(),
+            "{command}: a development secret was left behind"
+        );
+        assert!(!data.exists(), "{command}: the data directory was created");
+    }
+    // The same data directory then starts normally, and the secret is created then.
+    let port = free_port();
+    let data = t.join("fresh-serve").join("data");
+    let mut s = spawn_clean(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        t,
+    );
+    wait_port(&mut s, port);
+    assert!(data.join("dev-jwt-secret").is_file(), "{}", log_of(&s));
+}
+
+/// Text logs written to a file (or a pipe) carry no ANSI colour codes.
+#[test]
+fn text_logs_in_a_file_have_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let port = free_port();
+    let mut s = spawn_clean(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            "data",
+            "--log-format",
+            "text",
+        ],
+        &[("ORDERTRACK_LOG", "debug"), ("TERM", "xterm-256color")],
+        t,
+    );
+    wait_port(&mut s, port);
+    let _ = Command::new("kill")
+        .args(["-TERM", &s.0.id().to_string()])
+        .status();
+    let _ = s.0.wait();
+    let log = log_of(&s);
+    assert!(log.contains("ordertrack serving"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log:?}"
+    );
 }

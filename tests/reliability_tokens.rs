@@ -339,6 +339,17 @@ fn run_table(cases: &[(&'static str, Option<String>)], probes: &[Probe]) -> usiz
 
 /// Starts the binary with `args` and `ORDERTRACK_LOG=trace`; the log goes to `log`.
 fn serve_traced(port: u16, dir: &Path, log: &Path, args: &[&str]) -> std::process::Child {
+    serve_logged(port, dir, log, args, "trace")
+}
+
+/// Starts the binary with `args` and `ORDERTRACK_LOG=filter`; the log goes to `log`.
+fn serve_logged(
+    port: u16,
+    dir: &Path,
+    log: &Path,
+    args: &[&str],
+    filter: &str,
+) -> std::process::Child {
     let file = std::fs::File::create(log).expect("log file");
     let mut child = Command::new(bin())
         .arg("serve")
@@ -346,7 +357,7 @@ fn serve_traced(port: u16, dir: &Path, log: &Path, args: &[&str]) -> std::proces
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .env("ORDERTRACK_LOG", "trace")
+        .env("ORDERTRACK_LOG", filter)
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
@@ -639,4 +650,87 @@ async fn a_hub_connection_is_closed_with_allow_reconnect_when_its_token_expires(
     let (st, _) = blocking(|| act(&server, &cast.staff_token, order, "accept", Some(eta())));
     assert_eq!(st, 200);
     assert_eq!(keep.event().await.1["status"], "Accepted");
+}
+
+/// Lower-case hex of `s`'s bytes: how tungstenite prints a frame's payload at trace level.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Issue 10 (4.2): clients copy `Authorization: Bearer <JWT>` into each invocation's `headers`.
+/// At `ORDERTRACK_LOG=trace` no line of the log may carry that token, from our code or from a
+/// dependency (tungstenite logs every frame and message at trace): searched as text and as the
+/// hex a frame dump would show, over JSON and MessagePack connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_in_invocation_headers_never_reaches_the_trace_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = tmp.path().join("server.log");
+    let data = tmp.path().join("data");
+    // Trace for everything, and asked for by name for the dependencies that would log frames.
+    let filter = "trace,tungstenite::protocol=trace,tokio_tungstenite=trace,h2=trace";
+    let mut child = blocking(|| serve_logged(port, &data, &log, &["--jwt-secret", SECRET], filter));
+    let token = hs(
+        SECRET.as_bytes(),
+        &json!({"sub": Uuid::new_v4(), "exp": now() + 600}),
+    );
+    let bearer = format!("Bearer {token}");
+
+    let mut hub = JsonHub::connect(port, "customer-orders", &token).await;
+    hub.send(&json!({
+        "type": 1, "invocationId": "1", "target": "SubscribeToOrder",
+        "arguments": [Uuid::new_v4()], "headers": {"Authorization": bearer}
+    }))
+    .await;
+    let c = hub.completion("1").await;
+    assert!(c.get("error").is_some(), "an unknown order is refused: {c}");
+
+    let mut mp = MpHub::connect(port, "customer-orders", &token).await;
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, 5).unwrap();
+    rmp::encode::write_uint(&mut body, 1).unwrap();
+    rmp::encode::write_map_len(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, "Authorization").unwrap();
+    rmp::encode::write_str(&mut body, &bearer).unwrap();
+    rmp::encode::write_str(&mut body, "2").unwrap();
+    rmp::encode::write_str(&mut body, "SubscribeToOrder").unwrap();
+    rmp::encode::write_array_len(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, &Uuid::new_v4().to_string()).unwrap();
+    mp.send(&mp_frame(&body)).await;
+    let c = mp.msg().await;
+    assert_eq!(c.arr()[0], Mp::Int(3), "a completion: {c:?}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = blocking(|| child.wait());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // The log is live for both connections (our hub lines are at debug; nothing of ours logs
+    // at trace).
+    for protocol in ["json", "messagepack"] {
+        assert!(
+            text.contains(&format!("handshake done protocol=\"{protocol}\"")),
+            "no {protocol} connection in the log:\n{text}"
+        );
+    }
+    let mut needles = Vec::new();
+    for part in token_parts(&token) {
+        needles.push(hex(&part));
+        needles.push(part);
+    }
+    let leaks: Vec<&str> = text
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n.as_str())))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} log lines carry the token, e.g.:\n{}",
+        leaks.len(),
+        leaks
+            .iter()
+            .take(3)
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -329,6 +329,23 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
         .push(msg.to_string());
 }
 
+/// Why a value is not a JSON object: for text that is not JSON at all, what is wrong and where
+/// (line and column, both from 1); for valid JSON of another shape, just that.
+fn not_an_object(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => {
+            let (line, column) = (e.line(), e.column());
+            let text = e.to_string();
+            let what = text
+                .strip_suffix(&format!(" at line {line} column {column}"))
+                .unwrap_or(&text);
+            format!("is not valid JSON: {what} (line {line}, column {column})")
+        }
+        Category::Data | Category::Io => "must be a JSON object".to_string(),
+    }
+}
+
 /// A JSON object whose values are kept as raw text, so numbers are read exactly and every
 /// field can be checked on its own.
 struct Fields {
@@ -345,9 +362,9 @@ impl Fields {
                 map,
                 seen: Vec::new(),
             }),
-            Err(_) => {
+            Err(e) => {
                 let field = prefix.trim_end_matches('.');
-                push(errors, field, "must be a JSON object");
+                push(errors, field, &not_an_object(&e));
                 None
             }
         }

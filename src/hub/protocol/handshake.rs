@@ -5,7 +5,8 @@ use super::json::json_str;
 use super::{Protocol, MAX_HANDSHAKE_SIZE, RECORD_SEPARATOR};
 use bytes::Bytes;
 
-/// A parsed handshake request. Version 2 (stateful reconnect) is accepted and served like 1.
+/// A parsed handshake request. Versions 0, 1 and 2 are accepted, as ASP.NET Core 8+ does
+/// (`version <= 2`; Python's `signalrcore` sends 0); all are served alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandshakeRequest {
     pub protocol: Protocol,
@@ -17,8 +18,9 @@ pub struct HandshakeRequest {
 pub enum HandshakeError {
     #[error("The protocol '{0}' is not supported.")]
     UnsupportedProtocol(String),
-    #[error("The server does not support version {version} of the '{}' protocol.", protocol.name())]
-    UnsupportedVersion { protocol: Protocol, version: i64 },
+    /// Names the protocol as the client spelled it, like ASP.NET.
+    #[error("The server does not support version {version} of the '{protocol}' protocol.")]
+    UnsupportedVersion { protocol: String, version: i64 },
     #[error("An unexpected error occurred during connection handshake.")]
     Malformed,
     /// More than the handshake limit arrived without a `0x1E`.
@@ -132,11 +134,14 @@ pub fn parse_handshake_request(body: &[u8]) -> Result<HandshakeRequest, Handshak
     let protocol = Protocol::from_name(name)
         .ok_or_else(|| HandshakeError::UnsupportedProtocol(name.to_owned()))?;
     match u32::try_from(version) {
-        Ok(v @ 1..=2) => Ok(HandshakeRequest {
+        Ok(v @ 0..=2) => Ok(HandshakeRequest {
             protocol,
             version: v,
         }),
-        _ => Err(HandshakeError::UnsupportedVersion { protocol, version }),
+        _ => Err(HandshakeError::UnsupportedVersion {
+            protocol: name.to_owned(),
+            version,
+        }),
     }
 }
 

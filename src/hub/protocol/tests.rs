@@ -147,7 +147,7 @@ fn bad_handshakes() {
         parse(r#"{"version":7,"protocol":"MessagePack"}"#)
             .unwrap_err()
             .to_string(),
-        "The server does not support version 7 of the 'messagepack' protocol."
+        "The server does not support version 7 of the 'MessagePack' protocol."
     );
     for bad in [
         r#"{"protocol":"json"}"#,
@@ -166,8 +166,18 @@ fn bad_handshakes() {
             "{bad}"
         );
     }
-    assert!(parse(r#"{"protocol":"json","version":0}"#).is_err());
-    assert!(parse(r#"{"protocol":"json","version":-1}"#).is_err());
+    for v in 0..=2 {
+        for p in ["json", "messagepack"] {
+            let r = parse(&format!(r#"{{"protocol":"{p}","version":{v}}}"#)).unwrap();
+            assert_eq!(r.version, v, "{p} v{v}");
+        }
+    }
+    assert_eq!(
+        parse(r#"{"protocol":"json","version":-1}"#)
+            .unwrap_err()
+            .to_string(),
+        "The server does not support version -1 of the 'json' protocol."
+    );
     assert!(parse(r#" {"version":1, "protocol":"json", "x":null} "#).is_ok());
 }
 
