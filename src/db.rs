@@ -7,52 +7,13 @@
 //! (`POST /admin/db/backup`, `GET /admin/db/stats`): the server copies one read transaction into
 //! `<data-dir>/backups/…` and this command moves that file into DEST.
 
+use crate::cli::{BackupArgs, CommonArgs, DbArgs, DbCommand};
 use crate::client::{ClientError, Endpoint, Http};
-use crate::config::{locate, token_auth, CommonArgs, ConfigError};
+use crate::config::{locate, token_auth, ConfigError};
 use crate::store::maintenance::{self, MaintenanceError, DB_FILE};
-use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum DbCommand {
-    /// Verify page checksums and the schema's invariants (indexes, counters, events). Needs the
-    /// server stopped. Exits non-zero when anything is wrong.
-    Check(DbArgs),
-    /// Give free pages back to the file system. Needs the server stopped.
-    Compact(DbArgs),
-    /// Write a consistent copy into DEST, a new directory that works as a data directory
-    /// (`serve --data-dir DEST`). Works while the server runs.
-    Backup(BackupArgs),
-    /// Print counts and sizes. Works while the server runs.
-    Stats(DbArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct DbArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// URL of the server holding the database, used when it runs [default: http:// + the
-    /// configured listen address].
-    #[arg(long, env = "ORDERTRACK_URL")]
-    pub url: Option<String>,
-    /// An Administrator token for the running server [default: one minted with the configured
-    /// HS256 secret].
-    #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BackupArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
-    /// The new data directory to write (it must not already hold a database).
-    pub dest: PathBuf,
-}
 
 #[derive(Debug, Error)]
 pub enum DbError {

@@ -6,10 +6,10 @@
 //! whole happy path, and the next featured order is announced when it is delivered.
 
 use crate::auth::TokenMinter;
+use crate::cli::DemoArgs;
 use crate::client::{Endpoint, Http};
-use crate::config::{ConfigError, ServeArgs, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::run::RunError;
-use clap::Args;
 use rand::Rng;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,31 +19,6 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
-    /// New simulated orders per second.
-    #[arg(long, default_value_t = 0.5)]
-    pub rate: f64,
-    /// Restaurants in the simulated world.
-    #[arg(long, default_value_t = 6)]
-    pub restaurants: usize,
-    /// Customers in the simulated world.
-    #[arg(long, default_value_t = 40)]
-    pub customers: usize,
-    /// Average pause between two steps of an order's life, in milliseconds.
-    #[arg(long, default_value_t = 4000)]
-    pub step_ms: u64,
-    /// How long a featured order waits before it starts moving (time to start `watch`), in
-    /// milliseconds.
-    #[arg(long, default_value_t = 20_000)]
-    pub lead_ms: u64,
-    /// Print every simulated change instead of a summary every 10 seconds.
-    #[arg(long)]
-    pub verbose: bool,
-}
 
 #[derive(Debug, Error)]
 pub enum DemoError {

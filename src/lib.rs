@@ -15,6 +15,7 @@
 //! benches, fuzz targets, the load tool and integration tests.
 
 mod auth;
+mod cli;
 mod client;
 mod config;
 mod db;
@@ -27,7 +28,7 @@ mod run;
 mod store;
 mod watch;
 
-pub use config::{Cli, Command};
+pub use cli::{Cli, Command};
 pub use db::{run as db, DbError};
 pub use demo::{demo, DemoError};
 pub use run::{serve, token, RunError};

@@ -2,9 +2,8 @@
 //! signals; `token` mints a development token.
 
 use crate::auth::{Authenticator, TokenMinter};
-use crate::config::{
-    parse_ttl, token_auth, ConfigError, LogFormat, ServeArgs, Settings, TokenArgs,
-};
+use crate::cli::{ServeArgs, TokenArgs};
+use crate::config::{parse_ttl, token_auth, ConfigError, LogFormat, Settings};
 use crate::http::server::{self, Limits};
 use crate::http::App;
 use crate::hub::Hubs;

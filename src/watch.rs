@@ -3,40 +3,12 @@
 //! `GET /status` with `If-None-Match` (the user's document: every 10–15 s) and tries the socket
 //! again now and then. It stops after a terminal status.
 
+use crate::cli::{Transport, WatchArgs};
 use crate::client::{ClientError, Endpoint, Http, HubMessage, HubSession};
-use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::time::Duration;
 use thiserror::Error;
 use uuid::Uuid;
-
-#[derive(Args, Debug, Clone)]
-pub struct WatchArgs {
-    /// The order to follow.
-    pub order_id: Uuid,
-    /// The server's base URL (plain http; TLS ends at the proxy).
-    #[arg(long, env = "ORDERTRACK_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// A bearer token of someone who may see the order (its customer, the restaurant's staff …).
-    #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// How to follow: the hub with polling as fallback, only the hub, or only polling.
-    #[arg(long, value_enum, default_value_t = Transport::Auto)]
-    pub transport: Transport,
-    /// Time between polls of /status while the socket is unavailable (e.g. 12s, 1m).
-    #[arg(long, default_value = "12s")]
-    pub poll_interval: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
-    /// The customer hub; polling /status while the hub is unavailable.
-    Auto,
-    /// Only the customer hub: fail when it is unavailable.
-    Websocket,
-    /// Only polling /status.
-    Poll,
-}
 
 #[derive(Debug, Error)]
 pub enum WatchError {

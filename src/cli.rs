@@ -1,0 +1,291 @@
+//! The command line: every command, flag and help text, as clap definitions and nothing more.
+//! What the flags mean once combined with the environment and the TOML file is `config.rs`;
+//! what each command does is its own module (`run.rs`, `demo.rs`, `watch.rs`, `db.rs`).
+
+use crate::auth::{parse_permission, PERMISSION_FORMS};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ordertrack",
+    version,
+    about = "Order-tracking edge server: REST API and SignalR hubs over an embedded redb file"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the REST API and the hubs (works with no configuration at all).
+    Serve(ServeArgs),
+    /// Print a token signed with the configured HS256 secret (development and tests).
+    Token(TokenArgs),
+    /// Serve like `serve` and run a simulated world of restaurants, customers and orders; prints
+    /// a customer token, an order id and the command to watch that order live.
+    Demo(DemoArgs),
+    /// Follow one order in the terminal: live over the customer hub, polling /status when the
+    /// socket is unavailable; stops after a terminal status.
+    Watch(WatchArgs),
+    /// Database maintenance: check, compact, backup, stats (same --data-dir as serve).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// Help heading of the token settings.
+const JWT: &str = "JWT";
+/// Help heading of the limits and tuning knobs of `serve`, after the everyday settings.
+const TUNING: &str = "Tuning";
+
+// Help texts: the first paragraph is the `-h` line, the whole text the `--help` entry.
+
+/// Settings shared by every command that touches the data directory or tokens.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    ///
+    /// Every key is optional and named like its flag with underscores (see
+    /// config/ordertrack.example.toml); unknown keys are an error. Precedence: flag, then
+    /// environment variable, then this file, then the default.
+    #[arg(long, env = "ORDERTRACK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding orders.redb [default: ./data].
+    ///
+    /// Also holds the commit log (orders.wal) and, in development, the generated
+    /// dev-jwt-secret. Created on first start, once the port is bound.
+    #[arg(long, env = "ORDERTRACK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HS256 shared secret.
+    ///
+    /// Without it (and without a public key) a development secret is generated in the data
+    /// directory, with a loud warning: development only. Prefer the environment variable to the
+    /// flag, which other users can see in the process list.
+    #[arg(long, env = "ORDERTRACK_JWT_SECRET", hide_env_values = true, help_heading = JWT)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with the public key for RS256, ES256 or EdDSA.
+    #[arg(long, env = "ORDERTRACK_JWT_PUBLIC_KEY", help_heading = JWT)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Pinned JWT algorithm: HS256, RS256, ES256 or EdDSA [default: HS256].
+    ///
+    /// Tokens naming another algorithm, or "none", are refused.
+    #[arg(long, env = "ORDERTRACK_JWT_ALGORITHM", help_heading = JWT)]
+    pub jwt_algorithm: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "ORDERTRACK_JWT_ISSUER", help_heading = JWT)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "ORDERTRACK_JWT_AUDIENCE", help_heading = JWT)]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on exp/nbf, in seconds [default: 30].
+    ///
+    /// A token is still accepted this long after its `exp`, and already this long before its
+    /// `nbf`.
+    #[arg(long, env = "ORDERTRACK_JWT_LEEWAY", help_heading = JWT)]
+    pub jwt_leeway: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    ///
+    /// Plain HTTP: put TLS termination (nginx, Caddy, a load balancer) in front.
+    #[arg(long, env = "ORDERTRACK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Log format: text or json [default: text].
+    ///
+    /// Logs go to stderr; text is coloured only when stderr is a terminal and NO_COLOR is unset.
+    /// The level comes from ORDERTRACK_LOG (e.g. "info", "ordertrack=debug"); the WebSocket and
+    /// HTTP/2 libraries (tungstenite, tokio_tungstenite, h2) stay at info whatever it asks, as
+    /// their detailed lines repeat what clients send, tokens included.
+    #[arg(long, env = "ORDERTRACK_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Most open client connections, HTTP and hub [default: 19000].
+    ///
+    /// Beyond it a new connection is answered with a 503 problem and closed.
+    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS", help_heading = TUNING)]
+    pub max_connections: Option<usize>,
+    /// Most open hub (WebSocket) connections [default: 18000].
+    ///
+    /// Beyond it the upgrade is answered 503.
+    #[arg(long, env = "ORDERTRACK_MAX_HUB_CONNECTIONS", help_heading = TUNING)]
+    pub max_hub_connections: Option<usize>,
+    /// Most open connections from one client address [default: 19000].
+    #[arg(long, env = "ORDERTRACK_MAX_CONNECTIONS_PER_IP", help_heading = TUNING)]
+    pub max_connections_per_ip: Option<usize>,
+    /// redb page cache in MiB [default: 64].
+    #[arg(long, env = "ORDERTRACK_CACHE_MB", help_heading = TUNING)]
+    pub cache_mb: Option<usize>,
+    /// Commit log size in MiB [default: 64].
+    ///
+    /// Each write batch is appended and synced to the commit log (orders.wal in the data
+    /// directory), and redb is made durable at checkpoints. 0 turns the log off: every write
+    /// batch is then a durable redb commit (slower, no extra file).
+    #[arg(long, env = "ORDERTRACK_COMMIT_LOG_MB", help_heading = TUNING)]
+    pub commit_log_mb: Option<usize>,
+    /// Most write requests committed together [default: 512].
+    ///
+    /// Group commit: requests arriving together share one durable write. 1 commits each request
+    /// alone (for comparisons).
+    #[arg(long, env = "ORDERTRACK_WRITER_MAX_BATCH", help_heading = TUNING)]
+    pub writer_max_batch: Option<usize>,
+    /// Hub keep-alive in milliseconds [default: 15000].
+    ///
+    /// A Ping is sent after this long without sending anything (clients time out after 30 s of
+    /// silence).
+    #[arg(long, env = "ORDERTRACK_HUB_KEEPALIVE_MS", help_heading = TUNING)]
+    pub hub_keepalive_ms: Option<u64>,
+    /// Hub client timeout in milliseconds [default: 30000].
+    ///
+    /// A connection is closed after this long without receiving anything.
+    #[arg(long, env = "ORDERTRACK_HUB_CLIENT_TIMEOUT_MS", help_heading = TUNING)]
+    pub hub_client_timeout_ms: Option<u64>,
+    /// Hub handshake timeout in milliseconds [default: 15000].
+    ///
+    /// The SignalR handshake must complete within this time.
+    #[arg(long, env = "ORDERTRACK_HUB_HANDSHAKE_TIMEOUT_MS", help_heading = TUNING)]
+    pub hub_handshake_timeout_ms: Option<u64>,
+    /// Frames queued per hub connection [default: 256].
+    ///
+    /// A connection with more frames waiting is a slow consumer and is closed.
+    #[arg(long, env = "ORDERTRACK_HUB_QUEUE_FRAMES", help_heading = TUNING)]
+    pub hub_queue_frames: Option<usize>,
+    /// Most subscriptions one hub connection may hold [default: 100].
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS", help_heading = TUNING)]
+    pub hub_max_subscriptions: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user id (`sub`), a UUID.
+    #[arg(long)]
+    pub sub: uuid::Uuid,
+    /// A role to grant (repeatable).
+    #[arg(long = "role", value_name = "ROLE", value_parser = PossibleValuesParser::new(crate::auth::ROLES))]
+    pub roles: Vec<String>,
+    /// A permission to grant: RestaurantStaff:<restaurantId> or RestaurantOwner:<restaurantId>
+    /// (repeatable).
+    #[arg(long = "permission", value_name = "PERMISSION", value_parser = permission_arg)]
+    pub permissions: Vec<String>,
+    /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+    ///
+    /// A negative lifetime (e.g. -1h) mints an already expired token, for tests.
+    #[arg(long, default_value = "1h", allow_hyphen_values = true)]
+    pub ttl: String,
+}
+
+/// Accepts a `--permission` only in a form the server grants something for.
+fn permission_arg(s: &str) -> Result<String, String> {
+    match parse_permission(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "use {PERMISSION_FORMS}, with the restaurant id a UUID"
+        )),
+    }
+}
+
+// ---- demo ------------------------------------------------------------------------------------
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// New simulated orders per second.
+    #[arg(long, default_value_t = 0.5)]
+    pub rate: f64,
+    /// Restaurants in the simulated world.
+    #[arg(long, default_value_t = 6)]
+    pub restaurants: usize,
+    /// Customers in the simulated world.
+    #[arg(long, default_value_t = 40)]
+    pub customers: usize,
+    /// Average pause between two steps of an order's life, in milliseconds.
+    #[arg(long, default_value_t = 4000)]
+    pub step_ms: u64,
+    /// How long a featured order waits before it starts moving (time to start `watch`), in
+    /// milliseconds.
+    #[arg(long, default_value_t = 20_000)]
+    pub lead_ms: u64,
+    /// Print every simulated change instead of a summary every 10 seconds.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+// ---- watch -----------------------------------------------------------------------------------
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// The order to follow.
+    pub order_id: Uuid,
+    /// The server's base URL (plain http; TLS ends at the proxy).
+    #[arg(long, env = "ORDERTRACK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A bearer token of someone who may see the order (its customer, the restaurant's staff …).
+    #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// How to follow: the hub with polling as fallback, only the hub, or only polling.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    pub transport: Transport,
+    /// Time between polls of /status while the socket is unavailable (e.g. 12s, 1m).
+    #[arg(long, default_value = "12s")]
+    pub poll_interval: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// The customer hub; polling /status while the hub is unavailable.
+    Auto,
+    /// Only the customer hub: fail when it is unavailable.
+    Websocket,
+    /// Only polling /status.
+    Poll,
+}
+
+// ---- db --------------------------------------------------------------------------------------
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DbCommand {
+    /// Verify page checksums and the schema's invariants (indexes, counters, events). Needs the
+    /// server stopped. Exits non-zero when anything is wrong.
+    Check(DbArgs),
+    /// Give free pages back to the file system. Needs the server stopped.
+    Compact(DbArgs),
+    /// Write a consistent copy into DEST, a new directory that works as a data directory
+    /// (`serve --data-dir DEST`). Works while the server runs.
+    Backup(BackupArgs),
+    /// Print counts and sizes. Works while the server runs.
+    Stats(DbArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// URL of the server holding the database, used when it runs [default: http:// + the
+    /// configured listen address].
+    #[arg(long, env = "ORDERTRACK_URL")]
+    pub url: Option<String>,
+    /// An Administrator token for the running server [default: one minted with the configured
+    /// HS256 secret].
+    #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The new data directory to write (it must not already hold a database).
+    pub dest: PathBuf,
+}
