@@ -6,6 +6,7 @@ pub(crate) mod access;
 pub(crate) mod event;
 pub(crate) mod money;
 pub(crate) mod order;
+pub(crate) mod order_body;
 pub(crate) mod status;
 pub(crate) mod time;
 

@@ -4,7 +4,8 @@
 
 use super::problem::Problem;
 use super::{json_response, read_body, App, Resp};
-use crate::domain::order::{parse_reason, parse_time_field, ActionDetails};
+use crate::domain::order::ActionDetails;
+use crate::domain::order_body::{parse_reason, parse_time_field};
 use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Principal, Timestamp};
 use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
 use bytes::Bytes;
