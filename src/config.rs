@@ -111,6 +111,24 @@ pub struct ServeArgs {
     /// Most subscriptions one hub connection may hold [default: 100].
     #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS")]
     pub hub_max_subscriptions: Option<usize>,
+    /// Most hub connections one user (token `sub`) may hold at once [default: 20].
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_CONNECTIONS_PER_USER")]
+    pub hub_max_connections_per_user: Option<usize>,
+    /// Most subscriptions one user may hold over all its hub connections [default: 500].
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS_PER_USER")]
+    pub hub_max_subscriptions_per_user: Option<usize>,
+    /// Close a hub connection whose client never pinged after this many milliseconds without
+    /// receiving anything [default: 120000].
+    #[arg(long, env = "ORDERTRACK_HUB_SILENT_TIMEOUT_MS")]
+    pub hub_silent_timeout_ms: Option<u64>,
+    /// Backups `POST /admin/db/backup` keeps in <data-dir>/backups (older ones are deleted)
+    /// [default: 3].
+    #[arg(long, env = "ORDERTRACK_KEEP_BACKUPS")]
+    pub keep_backups: Option<usize>,
+    /// Browser origins allowed to call the hubs (CORS), comma-separated, e.g.
+    /// https://app.example.com; `*` allows any origin [default: *].
+    #[arg(long, env = "ORDERTRACK_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -155,6 +173,11 @@ pub struct FileConfig {
     pub hub_handshake_timeout_ms: Option<u64>,
     pub hub_queue_frames: Option<usize>,
     pub hub_max_subscriptions: Option<usize>,
+    pub hub_max_connections_per_user: Option<usize>,
+    pub hub_max_subscriptions_per_user: Option<usize>,
+    pub hub_silent_timeout_ms: Option<u64>,
+    pub cors_origins: Option<Vec<String>>,
+    pub keep_backups: Option<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -195,6 +218,7 @@ pub struct Settings {
     pub cache_mb: usize,
     pub commit_log_mb: usize,
     pub writer_max_batch: usize,
+    pub keep_backups: usize,
     pub hub: crate::hub::HubSettings,
 }
 
@@ -332,6 +356,7 @@ impl Settings {
                 .or(f.writer_max_batch)
                 .unwrap_or(512)
                 .max(1),
+            keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3).max(1),
             hub: {
                 let d = crate::hub::HubSettings::default();
                 let ms = std::time::Duration::from_millis;
@@ -363,11 +388,35 @@ impl Settings {
                         .hub_max_subscriptions
                         .or(f.hub_max_subscriptions)
                         .unwrap_or(d.max_subscriptions_per_connection),
+                    max_connections_per_user: a
+                        .hub_max_connections_per_user
+                        .or(f.hub_max_connections_per_user)
+                        .unwrap_or(d.max_connections_per_user),
+                    max_subscriptions_per_user: a
+                        .hub_max_subscriptions_per_user
+                        .or(f.hub_max_subscriptions_per_user)
+                        .unwrap_or(d.max_subscriptions_per_user),
+                    silent_timeout: a
+                        .hub_silent_timeout_ms
+                        .or(f.hub_silent_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.silent_timeout),
+                    cors_origins: cors_origins(a.cors_origins.clone().or(f.cors_origins.clone())),
                     ..d
                 }
             },
         })
     }
+}
+
+/// The allowed CORS origins: `None` (any) when unset or when the list holds `*`.
+fn cors_origins(list: Option<Vec<String>>) -> Option<Vec<String>> {
+    let list: Vec<String> = list?
+        .into_iter()
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    (!list.iter().any(|o| o == "*")).then_some(list)
 }
 
 /// Resolves what `token` needs: the auth settings (same sources and precedence as `serve`).
