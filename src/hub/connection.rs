@@ -12,12 +12,14 @@ use super::protocol::{
     self as proto, encode_close, encode_completion, encode_handshake_ok, encode_ping,
     ClientMessage, Decoder, HandshakeParser, HandshakeProgress, Outcome, Protocol,
 };
+use super::quota::UserUsage;
 use super::subscriptions::SubscriptionTable;
 use super::{HubKind, Hubs};
 use crate::auth::Principal;
 use crate::domain::{OrderStatusBroadcast, Timestamp};
 use crate::http::server::ConnectionSlot;
 use crate::http::App;
+use crate::metrics::HubRefusal;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -52,6 +54,8 @@ pub struct Outbound {
     pub id: u64,
     pub protocol: Protocol,
     queue: Mutex<Queue>,
+    /// The user whose subscriptions this queue stands for (none in benches and tests).
+    owner: Option<Arc<UserUsage>>,
 }
 
 struct Queue {
@@ -74,9 +78,15 @@ enum Queued {
 impl Outbound {
     /// A queue for connection `id`, speaking `protocol`, holding at most `limit` frames.
     pub fn new(id: u64, protocol: Protocol, limit: usize) -> Self {
+        Self::owned(id, protocol, limit, None)
+    }
+
+    /// A queue whose subscriptions count against `owner`'s per-user cap.
+    fn owned(id: u64, protocol: Protocol, limit: usize, owner: Option<Arc<UserUsage>>) -> Self {
         Outbound {
             id,
             protocol,
+            owner,
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 limit: limit.max(1),
@@ -84,6 +94,13 @@ impl Outbound {
                 closed: false,
                 waker: None,
             }),
+        }
+    }
+
+    /// Gives `n` subscriptions that left the table back to the owner's per-user count.
+    pub fn release_subscriptions(&self, n: usize) {
+        if let Some(o) = &self.owner {
+            o.remove_subscriptions(n);
         }
     }
 
@@ -164,16 +181,18 @@ fn merge(mut frames: VecDeque<Bytes>) -> Bytes {
 }
 
 /// Keeps the hub's connection count and gauge right however the task ends.
-pub struct CountGuard(Arc<Hubs>);
+pub struct CountGuard(Arc<Hubs>, Arc<UserUsage>);
 
 impl CountGuard {
-    pub fn new(hubs: Arc<Hubs>) -> Self {
-        CountGuard(hubs)
+    /// Holds one connection under the hubs' count and under its user's (`usage`).
+    pub fn new(hubs: Arc<Hubs>, usage: Arc<UserUsage>) -> Self {
+        CountGuard(hubs, usage)
     }
 }
 
 impl Drop for CountGuard {
     fn drop(&mut self) {
+        self.0.users.release_connection(&self.1);
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
         self.0
             .metrics
@@ -280,6 +299,7 @@ pub async fn run(
     guard: CountGuard,
     slot: Option<ConnectionSlot>,
 ) {
+    let owner = guard.1.clone();
     let _held = (guard, slot);
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -308,7 +328,7 @@ pub async fn run(
         return;
     };
     tracing::debug!(parent: &who.span(), protocol = protocol.name(), "handshake done");
-    let out = Arc::new(Outbound::new(who.id, protocol, queue_frames));
+    let out = Arc::new(Outbound::owned(who.id, protocol, queue_frames, Some(owner)));
     let mut conn = Conn {
         app: &app,
         who: &who,
@@ -398,10 +418,13 @@ impl Conn<'_> {
         loop {
             let s = &hubs.settings;
             // One timer: the next keep-alive ping, the client timeout (armed by the client's
-            // first Ping: older clients never ping), or the token's expiry.
+            // first Ping, as ASP.NET does: older clients never ping), the silence bound for a
+            // client that has not pinged yet, or the token's expiry.
             let mut wake_at = (last_sent + s.keep_alive).min(expiry);
             if self.client_pinged {
                 wake_at = wake_at.min(last_recv + s.client_timeout);
+            } else {
+                wake_at = wake_at.min(last_recv + s.silent_timeout);
             }
             tokio::select! {
                 biased;
@@ -419,6 +442,12 @@ impl Conn<'_> {
                     if self.client_pinged && now >= last_recv + s.client_timeout {
                         tracing::info!(parent: &self.who.span(), "client timeout: nothing received, closing");
                         self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), false).await;
+                        return;
+                    }
+                    if !self.client_pinged && now >= last_recv + s.silent_timeout {
+                        tracing::info!(parent: &self.who.span(), "silent client: nothing received and no ping, closing");
+                        hubs.metrics.hub_refused(HubRefusal::Silent);
+                        self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), true).await;
                         return;
                     }
                     if now >= last_sent + s.keep_alive {
@@ -633,13 +662,24 @@ impl Conn<'_> {
         if self.list(group).contains(&id) {
             return Ok(());
         }
-        if self.subscription_count() >= self.hubs().settings.max_subscriptions_per_connection {
+        let hubs = self.hubs().clone();
+        if self.subscription_count() >= hubs.settings.max_subscriptions_per_connection {
+            hubs.metrics
+                .hub_refused(HubRefusal::ConnectionSubscriptions);
             return Err(proto::hub_exception_error(
                 target,
                 "Too many subscriptions on this connection.",
             ));
         }
-        let hubs = self.hubs().clone();
+        if let Some(owner) = &self.out.owner {
+            if !owner.try_add_subscription(hubs.settings.max_subscriptions_per_user) {
+                hubs.metrics.hub_refused(HubRefusal::UserSubscriptions);
+                return Err(proto::hub_exception_error(
+                    target,
+                    "Too many subscriptions for this user.",
+                ));
+            }
+        }
         if hubs
             .table(group)
             .subscribe(id, self.who.id, self.out.clone())
@@ -647,6 +687,10 @@ impl Conn<'_> {
             hubs.metrics
                 .hub_subscriptions
                 .fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Already in the table (the list and the table disagree only in a race with a
+            // dropped group): the unit taken above is not a new subscription.
+            self.out.release_subscriptions(1);
         }
         self.list_mut(group).push(id);
         Ok(())
@@ -660,6 +704,7 @@ impl Conn<'_> {
             hubs.metrics
                 .hub_subscriptions
                 .fetch_sub(1, Ordering::Relaxed);
+            self.out.release_subscriptions(1);
         }
     }
 
@@ -717,6 +762,7 @@ impl Conn<'_> {
                     .metrics
                     .hub_subscriptions
                     .fetch_sub(1, Ordering::Relaxed);
+                self.out.release_subscriptions(1);
             }
         }
         Ok(OrderStatusBroadcast::of(&order, now, None))
@@ -738,6 +784,7 @@ impl Conn<'_> {
         hubs.metrics
             .hub_subscriptions
             .fetch_sub(removed, Ordering::Relaxed);
+        self.out.release_subscriptions(removed as usize);
         tracing::debug!(parent: &self.who.span(), "connection closed");
     }
 }

@@ -6,13 +6,14 @@
 pub mod connection;
 pub mod negotiate;
 pub mod protocol;
+pub mod quota;
 pub mod subscriptions;
 
 use crate::auth::Principal;
 use crate::domain::OrderEvent;
 use crate::http::problem::Problem;
 use crate::http::{App, Resp};
-use crate::metrics::Metrics;
+use crate::metrics::{HubRefusal, Metrics};
 use crate::store::EventSink;
 use bytes::Bytes;
 use connection::Outbound;
@@ -57,6 +58,15 @@ pub struct HubSettings {
     /// Frames queued per connection before it counts as a slow consumer and is closed.
     pub queue_frames: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Hub connections one user (token `sub`) may hold at once.
+    pub max_connections_per_user: usize,
+    /// Live subscriptions one user may hold at once, over all of its connections.
+    pub max_subscriptions_per_user: usize,
+    /// A connection whose client has never sent a Ping is closed after this long without
+    /// receiving anything (after its first Ping, `client_timeout` applies, as in ASP.NET).
+    pub silent_timeout: Duration,
+    /// Origins allowed to call the hubs from a browser (CORS); `None` allows any origin.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 impl Default for HubSettings {
@@ -69,6 +79,10 @@ impl Default for HubSettings {
             max_message: 32 * 1024,
             queue_frames: 256,
             max_subscriptions_per_connection: 100,
+            max_connections_per_user: 20,
+            max_subscriptions_per_user: 500,
+            silent_timeout: Duration::from_secs(120),
+            cors_origins: None,
         }
     }
 }
@@ -79,7 +93,9 @@ pub struct Hubs {
     pub metrics: Arc<Metrics>,
     pub orders: SubscriptionTable<Arc<Outbound>>,
     pub restaurants: SubscriptionTable<Arc<Outbound>>,
-    pending: negotiate::Pending,
+    tokens: negotiate::ConnectionTokens,
+    /// Connections and subscriptions per user.
+    pub users: quota::UserQuotas,
     connections: AtomicUsize,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -100,7 +116,8 @@ impl Hubs {
             metrics,
             orders: SubscriptionTable::new(64),
             restaurants: SubscriptionTable::new(64),
-            pending: negotiate::Pending::default(),
+            tokens: negotiate::ConnectionTokens::default(),
+            users: quota::UserQuotas::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -161,7 +178,9 @@ impl Hubs {
     /// Drops the group of an order that reached a terminal status. Called after the whole
     /// batch is delivered: one change can carry two events (PaymentFailed, StatusChanged).
     fn drop_order_group(&self, order: uuid::Uuid) {
-        let dropped = self.orders.drop_group(order);
+        let dropped = self
+            .orders
+            .drop_group_each(order, |out| out.release_subscriptions(1));
         self.metrics
             .hub_subscriptions
             .fetch_sub(dropped as i64, Ordering::Relaxed);
@@ -192,16 +211,29 @@ async fn dispatcher(
     }
 }
 
-fn cors(req_headers: &hyper::HeaderMap, resp: &mut Resp) {
-    if let Some(origin) = req_headers.get(hyper::header::ORIGIN) {
+/// CORS for the hub endpoints: the request's `Origin` is allowed back, with credentials, when
+/// it is in `allowed` (or `allowed` is `None`: any origin, `null` included). The hubs take
+/// bearer tokens, never cookies, so credentials carry nothing ambient.
+fn cors(allowed: Option<&[String]>, req_headers: &hyper::HeaderMap, resp: &mut Resp) -> bool {
+    let Some(origin) = req_headers.get(hyper::header::ORIGIN) else {
+        return false;
+    };
+    let permitted = allowed.is_none_or(|list| {
+        origin
+            .to_str()
+            .is_ok_and(|o| list.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    });
+    resp.headers_mut()
+        .insert("vary", HeaderValue::from_static("Origin"));
+    if permitted {
         let h = resp.headers_mut();
         h.insert("access-control-allow-origin", origin.clone());
         h.insert(
             "access-control-allow-credentials",
             HeaderValue::from_static("true"),
         );
-        h.insert("vary", HeaderValue::from_static("Origin"));
     }
+    permitted
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Resp {
@@ -253,7 +285,14 @@ pub async fn route(
     };
     if req.method() == Method::OPTIONS {
         let mut resp = plain(StatusCode::NO_CONTENT, "");
-        cors(req.headers(), &mut resp);
+        if !cors(
+            app.hubs.settings.cors_origins.as_deref(),
+            req.headers(),
+            &mut resp,
+        ) {
+            // Not an allowed origin: no CORS headers, so the browser refuses the call.
+            return ("hub_preflight", Ok(resp));
+        }
         let h = resp.headers_mut();
         h.insert(
             "access-control-allow-methods",
@@ -282,12 +321,16 @@ pub async fn route(
         }
         let mut resp = match hub_principal(app, &req, false) {
             Err(p) => p.into_response(&crate::http::new_trace_id()),
-            Ok(_) => {
-                let body = negotiate::negotiate_body(req.uri().query(), &app.hubs.pending);
+            Ok(p) => {
+                let body = negotiate::negotiate_body(req.uri().query(), &app.hubs.tokens, p.sub);
                 crate::http::json_response(StatusCode::OK, Bytes::from(body))
             }
         };
-        cors(req.headers(), &mut resp);
+        cors(
+            app.hubs.settings.cors_origins.as_deref(),
+            req.headers(),
+            &mut resp,
+        );
         return ("hub_negotiate", Ok(resp));
     }
     ("hub_connect", upgrade(app, req, kind, peer))
@@ -332,8 +375,20 @@ fn upgrade(
     };
     let principal = hub_principal(app, &req, true)?;
     if let Some(id) = negotiate::query_value(req.uri().query(), "id") {
-        if !app.hubs.pending.take(&id) {
-            return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
+        match app.hubs.tokens.take(&id, principal.sub) {
+            Ok(()) => {}
+            Err(negotiate::TokenRefusal::Unknown) => {
+                app.metrics.hub_refused(HubRefusal::UnknownConnectionToken);
+                return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
+            }
+            Err(negotiate::TokenRefusal::OtherUser) => {
+                app.metrics
+                    .hub_refused(HubRefusal::OtherUsersConnectionToken);
+                return Ok(plain(
+                    StatusCode::FORBIDDEN,
+                    "The connection was negotiated by another user.\n",
+                ));
+            }
         }
     }
     let hubs = app.hubs.clone();
@@ -343,6 +398,7 @@ fn upgrade(
         app.metrics
             .refused_connections
             .fetch_add(1, Ordering::Relaxed);
+        app.metrics.hub_refused(HubRefusal::HubConnections);
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Hub.TooManyConnections",
@@ -350,6 +406,21 @@ fn upgrade(
         )
         .with_header("retry-after", "5"));
     }
+    let usage = match hubs
+        .users
+        .acquire_connection(principal.sub, hubs.settings.max_connections_per_user)
+    {
+        Ok(u) => u,
+        Err(quota::QuotaRefusal::Connections) => {
+            hubs.connections.fetch_sub(1, Ordering::AcqRel);
+            app.metrics.hub_refused(HubRefusal::UserConnections);
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Hub.TooManyUserConnections",
+                "This user already holds the most hub connections allowed at once; close one and retry.",
+            ));
+        }
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Keeps the connection counted under the total and per-address caps while it is open.
@@ -358,7 +429,7 @@ fn upgrade(
         .remove::<crate::http::server::ConnectionSlot>();
     let conn_id = hubs.next_id.fetch_add(1, Ordering::Relaxed);
     hubs.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
-    let guard = connection::CountGuard::new(hubs.clone());
+    let guard = connection::CountGuard::new(hubs.clone(), usage);
     let who = connection::Who {
         id: conn_id,
         kind,
