@@ -69,7 +69,7 @@ fn fanout(c: &mut Criterion) {
             };
             let id = i as u64 + 1;
             let out = Arc::new(Outbound::new(id, protocol, queue));
-            assert!(hubs.subscribe(Group::Order, order, id, out.clone()));
+            assert!(hubs.subscribe(Group::Order, order, out.clone()));
             queues.push(out);
         }
         let ev = event(order);

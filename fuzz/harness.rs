@@ -10,7 +10,7 @@ use ordertrack::testing::protocol::{
     encode_client_message, parse_handshake_request, ClientMessage, Decoder, HandshakeParser,
     HandshakeProgress, Protocol,
 };
-use ordertrack::testing::{negotiate_body, query_value, Pending};
+use ordertrack::testing::{negotiate_body, query_value, ConnectionTokens};
 use ordertrack::testing::{AuthSettings, Authenticator};
 use ordertrack::testing::{NewOrder, Order, Principal, Timestamp};
 use sha2::{Digest, Sha256};
@@ -102,8 +102,9 @@ pub fn handshake(data: &[u8]) {
 /// Negotiate's query handling: any query string gives a JSON answer.
 pub fn negotiate(data: &[u8]) {
     let q = String::from_utf8_lossy(data);
-    let pending = Pending::default();
-    let body = negotiate_body(Some(&q), &pending);
+    let tokens = ConnectionTokens::default();
+    let user = uuid::Uuid::from_u128(7);
+    let body = negotiate_body(Some(&q), &tokens, user);
     let v: serde_json::Value = serde_json::from_str(&body).expect("negotiate answers JSON");
     assert!(
         v.get("error").is_some() || v["availableTransports"].is_array(),
@@ -112,6 +113,11 @@ pub fn negotiate(data: &[u8]) {
     for key in ["id", "access_token", "negotiateVersion", ""] {
         let _ = query_value(Some(&q), key);
     }
+    // Whatever the query, a token the server never minted is refused, never accepted.
+    assert!(
+        tokens.take(&q, user).is_err(),
+        "a query was taken as a token"
+    );
 }
 
 /// The order body: parse; a valid order computes its totals exactly and survives the store's

@@ -31,7 +31,7 @@ pub enum Permission {
 /// `RestaurantOwner:{restaurantId}` with a UUID; anything else grants nothing (`None`).
 pub fn parse_permission(claim: &str) -> Option<Permission> {
     let (kind, id) = claim.split_once(':')?;
-    let id = Uuid::from_str(id).ok()?;
+    let id = canonical_uuid(id)?;
     match kind {
         "RestaurantStaff" => Some(Permission::Staff(id)),
         "RestaurantOwner" => Some(Permission::Owner(id)),
@@ -258,11 +258,12 @@ impl Authenticator {
     /// of verified tokens: the server calls [`Authenticator::verify`]; `benches/auth.rs` measures
     /// this one through the `testing` door.
     pub fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+        refuse_critical_extensions(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
         let c = data.claims;
-        let sub =
-            Uuid::from_str(&c.sub).map_err(|_| AuthError::Invalid("sub is not a UUID".into()))?;
+        let sub = canonical_uuid(&c.sub)
+            .ok_or_else(|| AuthError::Invalid("sub is not a UUID in its standard form".into()))?;
         let mut p = Principal {
             sub,
             administrator: false,
@@ -295,6 +296,45 @@ impl Authenticator {
         let token = bearer_token(v).ok_or(AuthError::Invalid("scheme".into()))?;
         self.verify(token)
     }
+}
+
+/// A UUID in the RFC 9562 string form only: 36 characters, hyphens at 8, 13, 18 and 23, hex
+/// digits (either case) elsewhere. The other spellings a parser may accept (`urn:uuid:`,
+/// braces, 32 bare digits) are refused, so no two token texts name one identity by accident.
+pub fn canonical_uuid(s: &str) -> Option<Uuid> {
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if !shape_ok {
+        return None;
+    }
+    Uuid::from_str(s).ok()
+}
+
+/// RFC 7515 §4.1.11: a token whose header lists `crit` extensions must be refused unless every
+/// one is understood; this server understands none. The header is read before the signature
+/// is checked (jsonwebtoken ignores `crit`), so this costs one small base64 and JSON decode.
+fn refuse_critical_extensions(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::Invalid("header encoding".into()))?;
+    #[derive(Deserialize)]
+    struct Crit {
+        crit: Option<serde::de::IgnoredAny>,
+    }
+    let h: Crit = serde_json::from_slice(&raw)
+        .map_err(|_| AuthError::Invalid("header is not a JSON object".into()))?;
+    if h.crit.is_some() {
+        return Err(AuthError::Invalid(
+            "unsupported critical header extension".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The token of an `Authorization` value using the Bearer scheme (case-insensitive).

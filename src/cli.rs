@@ -159,6 +159,37 @@ pub struct ServeArgs {
     /// Most subscriptions one hub connection may hold [default: 100].
     #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS", help_heading = TUNING)]
     pub hub_max_subscriptions: Option<usize>,
+    /// Most hub connections one user may hold at once [default: 20].
+    ///
+    /// Counted per token `sub` over both hubs. Beyond it the upgrade is answered 429
+    /// Hub.TooManyUserConnections, so one user cannot take the slots everyone else needs.
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_CONNECTIONS_PER_USER", help_heading = TUNING)]
+    pub hub_max_connections_per_user: Option<usize>,
+    /// Most subscriptions one user may hold over all its hub connections [default: 500].
+    ///
+    /// Beyond it a subscribe call completes with "Too many subscriptions for this user.".
+    #[arg(long, env = "ORDERTRACK_HUB_MAX_SUBSCRIPTIONS_PER_USER", help_heading = TUNING)]
+    pub hub_max_subscriptions_per_user: Option<usize>,
+    /// Silence allowed to a hub client that has never pinged, in milliseconds [default: 120000].
+    ///
+    /// Once a client has sent a Ping (the official clients do every 15 s) the client timeout
+    /// applies instead, as in ASP.NET; a client that never pings is closed (with
+    /// allowReconnect: true) after this long without sending anything.
+    #[arg(long, env = "ORDERTRACK_HUB_SILENT_TIMEOUT_MS", help_heading = TUNING)]
+    pub hub_silent_timeout_ms: Option<u64>,
+    /// Backups kept in <data-dir>/backups [default: 3].
+    ///
+    /// After each POST /admin/db/backup the older ones are deleted (`ordertrack db backup`
+    /// moves its snapshot out at once, so it is never one of them).
+    #[arg(long, env = "ORDERTRACK_KEEP_BACKUPS", help_heading = TUNING)]
+    pub keep_backups: Option<usize>,
+    /// Browser origins allowed to call the hubs, comma-separated [default: *, any origin].
+    ///
+    /// CORS on the hub endpoints, e.g. https://app.example.com,https://admin.example.com. Only
+    /// these origins get Access-Control-Allow-Origin back; `*` (the default) allows any origin,
+    /// `null` included, which is safe with bearer tokens (no cookies are used). REST has no CORS.
+    #[arg(long, env = "ORDERTRACK_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -33,6 +33,11 @@ pub struct FileConfig {
     pub hub_handshake_timeout_ms: Option<u64>,
     pub hub_queue_frames: Option<usize>,
     pub hub_max_subscriptions: Option<usize>,
+    pub hub_max_connections_per_user: Option<usize>,
+    pub hub_max_subscriptions_per_user: Option<usize>,
+    pub hub_silent_timeout_ms: Option<u64>,
+    pub cors_origins: Option<Vec<String>>,
+    pub keep_backups: Option<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -78,6 +83,7 @@ pub struct Settings {
     pub cache_mb: usize,
     pub commit_log_mb: usize,
     pub writer_max_batch: usize,
+    pub keep_backups: usize,
     pub hub: crate::hub::HubSettings,
 }
 
@@ -253,6 +259,7 @@ impl Settings {
                 .or(f.writer_max_batch)
                 .unwrap_or(512)
                 .max(1),
+            keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3).max(1),
             hub: {
                 let d = crate::hub::HubSettings::default();
                 let ms = std::time::Duration::from_millis;
@@ -284,6 +291,20 @@ impl Settings {
                         .hub_max_subscriptions
                         .or(f.hub_max_subscriptions)
                         .unwrap_or(d.max_subscriptions_per_connection),
+                    max_connections_per_user: a
+                        .hub_max_connections_per_user
+                        .or(f.hub_max_connections_per_user)
+                        .unwrap_or(d.max_connections_per_user),
+                    max_subscriptions_per_user: a
+                        .hub_max_subscriptions_per_user
+                        .or(f.hub_max_subscriptions_per_user)
+                        .unwrap_or(d.max_subscriptions_per_user),
+                    silent_timeout: a
+                        .hub_silent_timeout_ms
+                        .or(f.hub_silent_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.silent_timeout),
+                    cors_origins: cors_origins(a.cors_origins.clone().or(f.cors_origins.clone())),
                     ..d
                 }
             },
@@ -301,6 +322,16 @@ impl Settings {
             _ => Ok(()),
         }
     }
+}
+
+/// The allowed CORS origins: `None` (any) when unset or when the list holds `*`.
+fn cors_origins(list: Option<Vec<String>>) -> Option<Vec<String>> {
+    let list: Vec<String> = list?
+        .into_iter()
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    (!list.iter().any(|o| o == "*")).then_some(list)
 }
 
 /// Resolves what `token` needs: the auth settings (same sources and precedence as `serve`). A

@@ -30,7 +30,7 @@ pub enum DbError {
     #[error("cannot mint an Administrator token ({0}); pass --token")]
     Token(String),
     #[error(
-        "the server wrote its snapshot to {0} on its own host, not under this --data-dir ({1})"
+        "the server wrote its snapshot {0} into its own data directory's backups/, which is not this --data-dir ({1}): run the command on the server's host with its --data-dir"
     )]
     ElsewhereSnapshot(String, PathBuf),
     #[error("{0}: {1}")]
@@ -184,7 +184,7 @@ fn backup(a: &BackupArgs) -> Result<(), DbError> {
             let local = dir.join("backups").join(file);
             if file.is_empty() || file.contains('/') || !local.is_file() {
                 return Err(DbError::ElsewhereSnapshot(
-                    v["path"].as_str().unwrap_or("?").to_string(),
+                    if file.is_empty() { "?" } else { file }.to_string(),
                     dir,
                 ));
             }

@@ -27,6 +27,50 @@ const STATUSES: &[u16] = &[
     503,
 ];
 
+/// Why the hubs refused a connection, a subscription or a connection token, as labels of
+/// `ordertrack_hub_refusals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubRefusal {
+    /// The hubs' global connection cap.
+    HubConnections,
+    /// The per-user connection cap.
+    UserConnections,
+    /// The per-connection subscription cap.
+    ConnectionSubscriptions,
+    /// The per-user subscription cap.
+    UserSubscriptions,
+    /// A connection token that is not ours, damaged or expired.
+    UnknownConnectionToken,
+    /// A connection token negotiated by another user.
+    OtherUsersConnectionToken,
+    /// A connection closed because it sent nothing (not even a ping) for too long.
+    Silent,
+}
+
+impl HubRefusal {
+    pub const ALL: [HubRefusal; 7] = [
+        HubRefusal::HubConnections,
+        HubRefusal::UserConnections,
+        HubRefusal::ConnectionSubscriptions,
+        HubRefusal::UserSubscriptions,
+        HubRefusal::UnknownConnectionToken,
+        HubRefusal::OtherUsersConnectionToken,
+        HubRefusal::Silent,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HubRefusal::HubConnections => "hub_connections",
+            HubRefusal::UserConnections => "user_connections",
+            HubRefusal::ConnectionSubscriptions => "connection_subscriptions",
+            HubRefusal::UserSubscriptions => "user_subscriptions",
+            HubRefusal::UnknownConnectionToken => "unknown_connection_token",
+            HubRefusal::OtherUsersConnectionToken => "other_users_connection_token",
+            HubRefusal::Silent => "silent",
+        }
+    }
+}
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -87,6 +131,7 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub refused_connections: AtomicU64,
+    hub_refusals: [AtomicU64; HubRefusal::ALL.len()],
     batch_sizes: Histogram,
     commit_seconds: Histogram,
     checkpoint_seconds: Histogram,
@@ -114,6 +159,7 @@ impl Metrics {
             deliveries: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
+            hub_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             batch_sizes: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -135,6 +181,11 @@ impl Metrics {
             .unwrap_or(STATUSES.len());
         self.requests[r * (STATUSES.len() + 1) + s].fetch_add(1, Relaxed);
         self.latency[r].observe(seconds);
+    }
+
+    /// Counts one hub refusal.
+    pub fn hub_refused(&self, why: HubRefusal) {
+        self.hub_refusals[why as usize].fetch_add(1, Relaxed);
     }
 
     pub fn observe_batch(&self, size: usize, commit_seconds: f64) {
@@ -227,6 +278,16 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out.push_str("# HELP ordertrack_hub_refusals_total Hub connections, subscriptions and connection tokens refused, by reason.\n");
+        out.push_str("# TYPE ordertrack_hub_refusals_total counter\n");
+        for why in HubRefusal::ALL {
+            let n = self.hub_refusals[why as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "ordertrack_hub_refusals_total{{reason=\"{}\"}} {n}",
+                why.label()
             );
         }
         out.push_str(

@@ -132,6 +132,7 @@ pub(crate) async fn serve_with(
         metrics,
         hubs: hubs.clone(),
         ready: true.into(),
+        keep_backups: settings.keep_backups,
     });
     let addr = listener.local_addr().unwrap_or(settings.listen);
     tracing::info!(

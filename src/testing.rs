@@ -12,8 +12,8 @@ pub use crate::domain::{
 pub use crate::http::views::details;
 pub use crate::hub::protocol;
 pub use crate::hub::{
-    client_method, negotiate_body, query_value, Counts, Group, HubSettings, Hubs, Outbound,
-    Pending, SubscriptionTable,
+    client_method, negotiate_body, query_value, ConnectionTokens, Counts, Group, HubSettings, Hubs,
+    Outbound, SubscriptionTable,
 };
 pub use crate::metrics::Metrics;
 pub use crate::store::schema::{CLOCK, META, ORDERS};

@@ -41,7 +41,10 @@ fn status_happy_path_has_the_documented_fields_etag_and_no_cache() {
         r.header("etag").as_deref(),
         Some(format!("\"order-{id}-v1\"").as_str())
     );
-    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("private, no-cache")
+    );
 
     // After accept the status carries the ETA and the next version.
     let when = in_minutes(45);
@@ -89,7 +92,10 @@ fn details_happy_path_has_every_field_of_the_document() {
         r.header("etag").as_deref(),
         Some(format!("\"order-{id}-v1\"").as_str())
     );
-    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("private, no-cache")
+    );
     let v = r.json();
     let o = &v["order"];
     assert_eq!(o["orderId"], id);
@@ -354,7 +360,10 @@ fn if_none_match_gives_304_without_body_for_tag_list_star_and_weak_forms() {
     assert_eq!(r.status, 200, "{r:?}");
     let new_tag = format!("\"order-{id}-v2\"");
     assert_eq!(r.header("etag").as_deref(), Some(new_tag.as_str()));
-    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("private, no-cache")
+    );
     let r = get_with(
         &server,
         &cast.customer_token,

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 const CUSTOMER_HUB: &str = "customer-orders";
 
+/// A connection id (22 characters) or token (the server's sealed tokens are longer): URL-safe.
 fn is_url_safe_token(s: &str) -> bool {
-    s.len() == 22
+    (22..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -49,6 +49,22 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A server and cast where one staff token stands for thousands of devices: these tests are
+/// about floods and storms, not the per-user connection cap (`tests/security_hubs.rs`).
+fn many_devices_one_token() -> (Server, Cast) {
+    blocking(|| {
+        (
+            Server::start_with(&[
+                "--hub-max-connections-per-user",
+                "1000000",
+                "--hub-max-subscriptions-per-user",
+                "1000000",
+            ]),
+            Cast::new(),
+        )
+    })
+}
+
 /// Connect → handshake → subscribe to the restaurant, for a client that will never read again.
 async fn silent_subscriber(port: u16, token: &str, restaurant: uuid::Uuid) -> Ws {
     let ws = ws_connect_with(port, &format!("/hubs/{RESTAURANT_HUB}"), Some(token), true)
@@ -62,7 +78,7 @@ async fn silent_subscriber(port: u16, token: &str, restaurant: uuid::Uuid) -> Ws
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_never_reading_subscribers_are_closed_and_slow_nobody_else() {
     let slow_n = env_usize("OT_SLOW_CLIENTS", 1000);
-    let (server, cast) = setup();
+    let (server, cast) = many_devices_one_token();
     let port = server.port;
     let pid = server.pid();
 
@@ -318,7 +334,7 @@ async fn rejoin(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnect_storm_after_a_restart_everyone_gets_back_in() {
     let n = env_usize("OT_STORM_CLIENTS", 2000);
-    let (server, cast) = setup();
+    let (server, cast) = many_devices_one_token();
     let port = server.port;
     let order = blocking(|| place(&server, &cast, "CashOnDelivery"));
     let sources: Vec<[u8; 4]> = (0..n).map(|i| [127, 0, 0, 1 + (i % 8) as u8]).collect();

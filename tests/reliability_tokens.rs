@@ -154,7 +154,49 @@ fn hs_cases(sub: Uuid) -> Vec<(&'static str, Option<String>)> {
             Some(hs(key, &claims(sub, &[("exp", Value::Null)]))),
         ),
         ("garbage", Some("eyJhbGciOiJIUzI1NiJ9.e30.x".into())),
+        (
+            "unknown critical header extension, well signed",
+            Some(hs_with_header(
+                key,
+                &json!({"alg": "HS256", "typ": "JWT", "crit": ["x-unknown"], "x-unknown": 1}),
+                &claims(sub, &[]),
+            )),
+        ),
+        (
+            "sub as urn:uuid:",
+            Some(hs(
+                key,
+                &claims(sub, &[("sub", json!(format!("urn:uuid:{sub}")))]),
+            )),
+        ),
+        (
+            "sub in braces",
+            Some(hs(
+                key,
+                &claims(sub, &[("sub", json!(format!("{{{sub}}}")))]),
+            )),
+        ),
+        (
+            "sub as 32 bare hex digits",
+            Some(hs(
+                key,
+                &claims(sub, &[("sub", json!(sub.simple().to_string()))]),
+            )),
+        ),
     ]
+}
+
+/// An HS256 token with a hand-written header, correctly signed with `secret`.
+fn hs_with_header(secret: &[u8], header: &Value, claims: &Value) -> String {
+    use hmac::Mac;
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("hmac key");
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
 }
 
 /// An answer reduced to what a refusal is compared on.

@@ -46,6 +46,7 @@ const WAIT_MS = Number(process.env.INTEROP_WAIT_MS || 10_000);
 const GRACE_MS = 300; // how long to keep listening after the expected events, to catch extras
 const SCENARIO_MS = 40_000; // backstop per scenario; each wait inside has WAIT_MS
 const READY_MS = 20_000;
+const SILENT_TIMEOUT_MS = 20_000; // the server's bound for clients that never ping (scenario k)
 const STOP_MS = 10_000;
 const VERBOSE = process.env.INTEROP_VERBOSE === "1";
 const SKIP_BROWSER = process.env.INTEROP_SKIP_BROWSER === "1";
@@ -231,6 +232,10 @@ class ServerProcess {
       this.dataDir,
       "--jwt-secret",
       SECRET,
+      // Scenario k: a client that has not pinged yet is closed after this much silence; the
+      // official client's keep-alive ping (every 15 s) must keep it inside the bound.
+      "--hub-silent-timeout-ms",
+      String(SILENT_TIMEOUT_MS),
     ];
     this.exit = null;
     const proc = spawn(BIN, args, { stdio: ["ignore", out, out], env: { ...process.env } });
@@ -920,6 +925,33 @@ for (const protocol of PROTOCOLS) {
     { needsOwnServer: true, timeout: 60_000 },
   );
 }
+
+// k) the official client, idle with its default keep-alive, outlives the server's bound on
+// clients that never ping: its pings count, so it still gets the next event.
+scenario(
+  "k/json",
+  "idle official client (default 15 s keep-alive) stays past the silent-client bound",
+  async (ctx) => {
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol: "json", label: "idle/json" });
+    await c.invoke("SubscribeToOrder", order.orderId);
+    await sleep(SILENT_TIMEOUT_MS + 3_000);
+    assert(c.closed.length === 0, `idle/json: closed while idle: ${c.closed[0]?.message ?? c.closed[0]}`);
+    assertEq(c.closeMessages.length, 0, "idle/json: Close messages while idle");
+    const staff = await newStaff(restaurantId);
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    const events = await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Accepted) after idling");
+    checkEvents(events, [["ReceiveOrderStatusChanged", "Accepted"]], {
+      protocol: "json",
+      orderId: order.orderId,
+      restaurantId,
+      label: c.label,
+    });
+  },
+  { timeout: SILENT_TIMEOUT_MS + 30_000 },
+);
 
 // j) the browser bundle in Chromium, cross-origin, token in access_token
 for (const protocol of PROTOCOLS) {

@@ -87,6 +87,7 @@ async fn backup(app: &Arc<App>) -> Result<Resp, Problem> {
         rand::random::<u32>()
     );
     let dest = dir.join(&name);
+    let keep = app.keep_backups;
     let span = tracing::info_span!("backup", file = %name);
     let info = tokio::task::spawn_blocking(move || {
         let _g = span.enter();
@@ -100,13 +101,41 @@ async fn backup(app: &Arc<App>) -> Result<Resp, Problem> {
             millis = info.millis,
             "backup written"
         );
+        prune_backups(&dir, keep);
         Ok::<_, Problem>(info)
     })
     .await
     .map_err(failed)??;
-    let mut v = serde_json::to_value(&info).unwrap_or_default();
-    v["file"] = name.into();
+    // The backup's name, never the host path: the caller knows the data directory it asked.
+    let v = serde_json::json!({
+        "file": name,
+        "bytes": info.bytes,
+        "orders": info.orders,
+        "rows": info.rows,
+        "millis": info.millis,
+    });
     Ok(json_response(StatusCode::OK, to_json(&v)))
+}
+
+/// Keeps the newest `keep` backups in `dir` (names start with their UTC time, so name order
+/// is age order) and deletes the rest. A backup that `ordertrack db backup` is about to move
+/// is the newest, so it is never the one deleted.
+fn prune_backups(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("backup-") && n.ends_with(".redb"))
+        .collect();
+    names.sort_unstable();
+    let excess = names.len().saturating_sub(keep);
+    for old in &names[..excess] {
+        match std::fs::remove_file(dir.join(old)) {
+            Ok(()) => tracing::info!(file = %old, "old backup deleted"),
+            Err(e) => tracing::warn!(file = %old, error = %e, "could not delete an old backup"),
+        }
+    }
 }
 
 async fn stats(app: &Arc<App>) -> Result<Resp, Problem> {

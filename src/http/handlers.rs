@@ -65,10 +65,18 @@ fn with_tag(mut resp: Resp, etag: &str) -> Resp {
     if let Ok(v) = HeaderValue::from_str(etag) {
         resp.headers_mut().insert(ETAG, v);
     }
-    resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(
+        "cache-control",
+        HeaderValue::from_static(PRIVATE_REVALIDATE),
+    );
     resp
 }
+
+/// Answers that name a customer's order: only the caller's own cache may keep them, and only
+/// to revalidate with the ETag (shared caches must not store them at all).
+const PRIVATE_REVALIDATE: &str = "private, no-cache";
+/// Private answers without an ETag (the history pages): stored nowhere.
+const PRIVATE_NO_STORE: &str = "private, no-store";
 
 /// A read answer with the order's ETag, or 304 when `If-None-Match` names it.
 fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, etag: &str, body: &T) -> Resp {
@@ -199,10 +207,13 @@ pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp
         .store
         .history(p.sub, statuses.as_deref(), page_number, page_size)
         .map_err(store_problem)?;
-    Ok(json_response(
+    let mut resp = json_response(
         StatusCode::OK,
         to_json(&super::views::page(&page, page_number, page_size)),
-    ))
+    );
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static(PRIVATE_NO_STORE));
+    Ok(resp)
 }
 
 fn idempotency_key(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, Problem> {

@@ -6,7 +6,7 @@
 use super::problem::Problem;
 use super::server::ConnectionSlot;
 use super::{json_response, not_found, principal, App, Credentials, Resp};
-use crate::hub::{query_value, HubKind, SlotGuard};
+use crate::hub::{query_value, HubKind, Refused, SlotGuard, TokenRefusal};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,16 +16,29 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-fn cors(req_headers: &hyper::HeaderMap, resp: &mut Resp) {
-    if let Some(origin) = req_headers.get(hyper::header::ORIGIN) {
+/// CORS for the hub endpoints: the request's `Origin` is allowed back, with credentials, when
+/// it is in `allowed` (or `allowed` is `None`: any origin, `null` included). The hubs take
+/// bearer tokens, never cookies, so credentials carry nothing ambient.
+fn cors(allowed: Option<&[String]>, req_headers: &hyper::HeaderMap, resp: &mut Resp) -> bool {
+    let Some(origin) = req_headers.get(hyper::header::ORIGIN) else {
+        return false;
+    };
+    let permitted = allowed.is_none_or(|list| {
+        origin
+            .to_str()
+            .is_ok_and(|o| list.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    });
+    resp.headers_mut()
+        .insert("vary", HeaderValue::from_static("Origin"));
+    if permitted {
         let h = resp.headers_mut();
         h.insert("access-control-allow-origin", origin.clone());
         h.insert(
             "access-control-allow-credentials",
             HeaderValue::from_static("true"),
         );
-        h.insert("vary", HeaderValue::from_static("Origin"));
     }
+    permitted
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Resp {
@@ -56,7 +69,14 @@ pub async fn route(
     };
     if req.method() == Method::OPTIONS {
         let mut resp = plain(StatusCode::NO_CONTENT, "");
-        cors(req.headers(), &mut resp);
+        if !cors(
+            app.hubs.settings.cors_origins.as_deref(),
+            req.headers(),
+            &mut resp,
+        ) {
+            // Not an allowed origin: no CORS headers, so the browser refuses the call.
+            return ("hub_preflight", Ok(resp));
+        }
         let h = resp.headers_mut();
         h.insert(
             "access-control-allow-methods",
@@ -85,12 +105,16 @@ pub async fn route(
         }
         let mut resp = match principal(app, &req, Credentials::HeaderOnly) {
             Err(p) => p.into_response(&super::new_trace_id()),
-            Ok(_) => {
-                let body = app.hubs.negotiate(req.uri().query());
+            Ok(p) => {
+                let body = app.hubs.negotiate(req.uri().query(), p.sub);
                 json_response(StatusCode::OK, Bytes::from(body))
             }
         };
-        cors(req.headers(), &mut resp);
+        cors(
+            app.hubs.settings.cors_origins.as_deref(),
+            req.headers(),
+            &mut resp,
+        );
         return ("hub_negotiate", Ok(resp));
     }
     ("hub_connect", upgrade(app, req, kind, peer))
@@ -135,17 +159,36 @@ fn upgrade(
     };
     let principal = principal(app, &req, Credentials::HeaderOrQuery)?;
     if let Some(id) = query_value(req.uri().query(), "id") {
-        if !app.hubs.take_negotiated(&id) {
-            return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
+        match app.hubs.take_negotiated(&id, principal.sub) {
+            Ok(()) => {}
+            Err(TokenRefusal::Unknown) => {
+                return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
+            }
+            Err(TokenRefusal::OtherUser) => {
+                return Ok(plain(
+                    StatusCode::FORBIDDEN,
+                    "The connection was negotiated by another user.\n",
+                ));
+            }
         }
     }
-    let Some(admission) = app.hubs.admit() else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Hub.TooManyConnections",
-            "The hub is at its connection limit; retry later.",
-        )
-        .with_header("retry-after", "5"));
+    let admission = match app.hubs.admit(principal.sub) {
+        Ok(a) => a,
+        Err(Refused::HubConnections) => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Hub.TooManyConnections",
+                "The hub is at its connection limit; retry later.",
+            )
+            .with_header("retry-after", "5"))
+        }
+        Err(Refused::UserConnections) => {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Hub.TooManyUserConnections",
+                "This user already holds the most hub connections allowed at once; close one and retry.",
+            ))
+        }
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -42,6 +42,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub hubs: Arc<crate::hub::Hubs>,
     pub ready: AtomicBool,
+    /// Backups kept in `<data-dir>/backups/` (older ones are deleted after each backup).
+    pub keep_backups: usize,
 }
 
 pub fn json_response(status: StatusCode, body: Bytes) -> Resp {

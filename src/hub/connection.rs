@@ -18,6 +18,7 @@ use super::protocol::{
 };
 use super::{Admission, Hubs, SlotGuard, Who};
 use crate::domain::Principal;
+use crate::metrics::HubRefusal;
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -136,6 +137,7 @@ pub(super) async fn run<F, S, E>(
     S: Io,
     E: Display,
 {
+    let owner = admission.usage.clone();
     let _held = (admission, slot);
     let upgraded = match opened.await {
         Ok(u) => u,
@@ -163,7 +165,7 @@ pub(super) async fn run<F, S, E>(
         return;
     };
     tracing::debug!(parent: &who.span(), protocol = protocol.name(), "handshake done");
-    let out = Arc::new(Outbound::new(who.id, protocol, queue_frames));
+    let out = Arc::new(Outbound::owned(who.id, protocol, queue_frames, Some(owner)));
     let mut conn = Conn {
         hubs: &hubs,
         who: &who,
@@ -250,10 +252,13 @@ impl Conn<'_> {
         loop {
             let s = &hubs.settings;
             // One timer: the next keep-alive ping, the client timeout (armed by the client's
-            // first Ping: older clients never ping), or the token's expiry.
+            // first Ping, as ASP.NET does: older clients never ping), the silence bound for a
+            // client that has not pinged yet, or the token's expiry.
             let mut wake_at = (last_sent + s.keep_alive).min(expiry);
             if self.client_pinged {
                 wake_at = wake_at.min(last_recv + s.client_timeout);
+            } else {
+                wake_at = wake_at.min(last_recv + s.silent_timeout);
             }
             tokio::select! {
                 biased;
@@ -271,6 +276,12 @@ impl Conn<'_> {
                     if self.client_pinged && now >= last_recv + s.client_timeout {
                         tracing::info!(parent: &self.who.span(), "client timeout: nothing received, closing");
                         self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), false).await;
+                        return;
+                    }
+                    if !self.client_pinged && now >= last_recv + s.silent_timeout {
+                        tracing::info!(parent: &self.who.span(), "silent client: nothing received and no ping, closing");
+                        hubs.metrics.hub_refused(HubRefusal::Silent);
+                        self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), true).await;
                         return;
                     }
                     if now >= last_sent + s.keep_alive {

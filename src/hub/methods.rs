@@ -8,6 +8,7 @@ use super::outbound::Outbound;
 use super::protocol::{self as proto, Arg};
 use super::{Group, HubKind, Hubs, Who};
 use crate::domain::{OrderStatusBroadcast, Principal, Timestamp};
+use crate::metrics::HubRefusal;
 use crate::store::Store;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -123,13 +124,20 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if self.subscription_count() >= self.hubs.settings.max_subscriptions_per_connection {
+            self.hubs
+                .metrics
+                .hub_refused(HubRefusal::ConnectionSubscriptions);
             return Err(proto::hub_exception_error(
                 target,
                 "Too many subscriptions on this connection.",
             ));
         }
-        self.hubs
-            .subscribe(group, id, self.who.id, self.out.clone());
+        if !self.hubs.subscribe(group, id, self.out.clone()) {
+            return Err(proto::hub_exception_error(
+                target,
+                "Too many subscriptions for this user.",
+            ));
+        }
         self.list_mut(group).push(id);
         Ok(())
     }
@@ -137,16 +145,16 @@ impl<'a> Session<'a> {
     /// Takes this connection out of `id`'s group.
     fn leave(&mut self, group: Group, id: Uuid) {
         self.list_mut(group).retain(|g| *g != id);
-        self.hubs.unsubscribe(group, id, self.who.id);
+        self.hubs.unsubscribe(group, id, &self.out);
     }
 
     /// Leaves every group (the connection has ended).
     pub fn leave_all(&mut self) {
         for id in std::mem::take(&mut self.joined_orders) {
-            self.hubs.unsubscribe(Group::Order, id, self.who.id);
+            self.hubs.unsubscribe(Group::Order, id, &self.out);
         }
         for id in std::mem::take(&mut self.joined_restaurants) {
-            self.hubs.unsubscribe(Group::Restaurant, id, self.who.id);
+            self.hubs.unsubscribe(Group::Restaurant, id, &self.out);
         }
     }
 

@@ -7,7 +7,8 @@
 //! - `protocol/`: the JSON and MessagePack codecs, client side included;
 //! - `subscriptions.rs`: the lock-sharded group table;
 //! - `outbound.rs`: a connection's bounded queue; `methods.rs`: the hub methods;
-//!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and pending tokens;
+//!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and the sealed
+//!   connection tokens; `quota.rs`: the per-user caps on connections and subscriptions;
 //! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
 //!   through which subscriptions change (table and gauge together), and the dispatcher.
 
@@ -16,17 +17,19 @@ mod methods;
 mod negotiate;
 mod outbound;
 pub mod protocol;
+mod quota;
 mod subscriptions;
 
-pub use negotiate::{negotiate_body, query_value, Pending};
+pub use negotiate::{negotiate_body, query_value, ConnectionTokens, TokenRefusal};
 pub use outbound::Outbound;
 pub use subscriptions::{Counts, SubscriptionTable};
 
 use crate::domain::{EventKind, OrderEvent, Principal};
-use crate::metrics::Metrics;
+use crate::metrics::{HubRefusal, Metrics};
 use crate::store::{EventSink, Store};
 use bytes::Bytes;
 use protocol::{encode_event, Protocol};
+use quota::{QuotaRefusal, UserQuotas, UserUsage};
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,6 +81,15 @@ pub struct HubSettings {
     /// Frames queued per connection before it counts as a slow consumer and is closed.
     pub queue_frames: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Hub connections one user (token `sub`) may hold at once.
+    pub max_connections_per_user: usize,
+    /// Live subscriptions one user may hold at once, over all of its connections.
+    pub max_subscriptions_per_user: usize,
+    /// A connection whose client has never sent a Ping is closed after this long without
+    /// receiving anything (after its first Ping, `client_timeout` applies, as in ASP.NET).
+    pub silent_timeout: Duration,
+    /// Origins allowed to call the hubs from a browser (CORS); `None` allows any origin.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 impl Default for HubSettings {
@@ -90,6 +102,10 @@ impl Default for HubSettings {
             max_message: 32 * 1024,
             queue_frames: 256,
             max_subscriptions_per_connection: 100,
+            max_connections_per_user: 20,
+            max_subscriptions_per_user: 500,
+            silent_timeout: Duration::from_secs(120),
+            cors_origins: None,
         }
     }
 }
@@ -121,15 +137,26 @@ impl Who {
 /// server's caps). The hub holds it, never looks inside, and drops it when the connection ends.
 pub type SlotGuard = Box<dyn Send + Sync>;
 
-/// A place under the hub's connection cap. Keeps the count and the gauge right however the
-/// connection ends: both are given back on drop.
+/// A place under the hub's connection cap and under its user's. Keeps the counts and the gauge
+/// right however the connection ends: all are given back on drop.
 pub struct Admission {
     hubs: Arc<Hubs>,
     id: u64,
+    usage: Arc<UserUsage>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The hubs are at their connection cap, or shutting down.
+    HubConnections,
+    /// This user holds the most connections allowed to one user.
+    UserConnections,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.hubs.users.release_connection(&self.usage);
         self.hubs.connections.fetch_sub(1, Ordering::AcqRel);
         self.hubs
             .metrics
@@ -144,7 +171,9 @@ pub struct Hubs {
     metrics: Arc<Metrics>,
     orders: SubscriptionTable<Arc<Outbound>>,
     restaurants: SubscriptionTable<Arc<Outbound>>,
-    pending: Pending,
+    tokens: ConnectionTokens,
+    /// Connections and subscriptions per user.
+    users: UserQuotas,
     connections: AtomicUsize,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -165,7 +194,8 @@ impl Hubs {
             metrics,
             orders: SubscriptionTable::new(64),
             restaurants: SubscriptionTable::new(64),
-            pending: Pending::default(),
+            tokens: ConnectionTokens::default(),
+            users: UserQuotas::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -188,31 +218,51 @@ impl Hubs {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
     }
 
-    /// The negotiate answer (JSON text) for a request with `query`.
-    pub fn negotiate(&self, query: Option<&str>) -> String {
-        negotiate_body(query, &self.pending)
+    /// The negotiate answer (JSON text) for `user`'s request with `query`: its connection
+    /// token is sealed and bound to `user`.
+    pub fn negotiate(&self, query: Option<&str>, user: Uuid) -> String {
+        negotiate_body(query, &self.tokens, user)
     }
 
-    /// Claims a negotiated connection token; false when it is unknown or expired.
-    pub fn take_negotiated(&self, token: &str) -> bool {
-        self.pending.take(token)
+    /// Claims a negotiated connection token for `user` (unknown, expired, used or another
+    /// user's: refused, and the refusal counted).
+    pub fn take_negotiated(&self, token: &str, user: Uuid) -> Result<(), TokenRefusal> {
+        self.tokens.take(token, user).inspect_err(|r| {
+            self.metrics.hub_refused(match r {
+                TokenRefusal::Unknown => HubRefusal::UnknownConnectionToken,
+                TokenRefusal::OtherUser => HubRefusal::OtherUsersConnectionToken,
+            })
+        })
     }
 
-    /// Takes a place under the connection cap; `None` at the cap or while shutting down (the
-    /// refusal is counted).
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+    /// Takes a place for one more connection of `user`, under the hubs' cap (refused at the cap
+    /// or while shutting down) and under the per-user cap. Refusals are counted.
+    pub fn admit(self: &Arc<Self>, user: Uuid) -> Result<Admission, Refused> {
         let count = self.connections.fetch_add(1, Ordering::AcqRel);
         if count >= self.settings.max_connections || self.shutdown.is_cancelled() {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            return None;
+            self.metrics.hub_refused(HubRefusal::HubConnections);
+            return Err(Refused::HubConnections);
         }
+        let usage = match self
+            .users
+            .acquire_connection(user, self.settings.max_connections_per_user)
+        {
+            Ok(u) => u,
+            Err(QuotaRefusal::Connections) => {
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.hub_refused(HubRefusal::UserConnections);
+                return Err(Refused::UserConnections);
+            }
+        };
         self.metrics.hub_connections.fetch_add(1, Ordering::Relaxed);
-        Some(Admission {
+        Ok(Admission {
             hubs: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            usage,
         })
     }
 
@@ -286,7 +336,8 @@ impl Hubs {
             .fetch_add(delivered, Ordering::Relaxed);
     }
 
-    // ---- the one door through which subscriptions change: table and gauge move together ----
+    // ---- the one door through which subscriptions change: the table, the gauge and the user's
+    // ---- subscription count move together ----------------------------------------------------
 
     fn table(&self, group: Group) -> &SubscriptionTable<Arc<Outbound>> {
         match group {
@@ -295,24 +346,34 @@ impl Hubs {
         }
     }
 
-    /// Puts connection `conn` (its queue `out`) in `id`'s group; false if it already was.
-    pub fn subscribe(&self, group: Group, id: Uuid, conn: u64, out: Arc<Outbound>) -> bool {
-        let added = self.table(group).subscribe(id, conn, out);
-        if added {
+    /// Puts the connection whose queue is `out` in `id`'s group, within its user's
+    /// subscription cap: `false` when that cap is reached (the refusal is counted).
+    pub fn subscribe(&self, group: Group, id: Uuid, out: Arc<Outbound>) -> bool {
+        if !out.take_subscription(self.settings.max_subscriptions_per_user) {
+            self.metrics.hub_refused(HubRefusal::UserSubscriptions);
+            return false;
+        }
+        let conn = out.id;
+        if self.table(group).subscribe(id, conn, out.clone()) {
             self.metrics
                 .hub_subscriptions
                 .fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Already in the table (the connection's list and the table disagree only in a
+            // race with a dropped group): the unit taken above is not a new subscription.
+            out.release_subscriptions(1);
         }
-        added
+        true
     }
 
-    /// Takes connection `conn` out of `id`'s group; false if it was not in it.
-    pub fn unsubscribe(&self, group: Group, id: Uuid, conn: u64) -> bool {
-        let removed = self.table(group).unsubscribe(id, conn);
+    /// Takes the connection whose queue is `out` out of `id`'s group; false if it was not in it.
+    pub fn unsubscribe(&self, group: Group, id: Uuid, out: &Outbound) -> bool {
+        let removed = self.table(group).unsubscribe(id, out.id);
         if removed {
             self.metrics
                 .hub_subscriptions
                 .fetch_sub(1, Ordering::Relaxed);
+            out.release_subscriptions(1);
         }
         removed
     }
@@ -325,7 +386,9 @@ impl Hubs {
     /// Drops the group of an order that reached a terminal status. Called after the whole
     /// batch is delivered: one change can carry two events (PaymentFailed, StatusChanged).
     fn drop_order_group(&self, order: Uuid) {
-        let dropped = self.orders.drop_group(order);
+        let dropped = self
+            .orders
+            .drop_group_each(order, |out| out.release_subscriptions(1));
         self.metrics
             .hub_subscriptions
             .fetch_sub(dropped as i64, Ordering::Relaxed);

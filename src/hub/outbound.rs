@@ -4,9 +4,10 @@
 //! the connection when it drains it, so an idle connection holds no queue memory.
 
 use super::protocol::Protocol;
+use super::quota::UserUsage;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// Most queued frames merged into one WebSocket message.
@@ -19,6 +20,8 @@ pub struct Outbound {
     pub id: u64,
     pub protocol: Protocol,
     queue: Mutex<Queue>,
+    /// The user whose subscriptions this queue stands for (none in benches and tests).
+    owner: Option<Arc<UserUsage>>,
 }
 
 struct Queue {
@@ -41,9 +44,20 @@ pub(super) enum Queued {
 impl Outbound {
     /// A queue for connection `id`, speaking `protocol`, holding at most `limit` frames.
     pub fn new(id: u64, protocol: Protocol, limit: usize) -> Self {
+        Self::owned(id, protocol, limit, None)
+    }
+
+    /// A queue whose subscriptions count against `owner`'s per-user cap.
+    pub(super) fn owned(
+        id: u64,
+        protocol: Protocol,
+        limit: usize,
+        owner: Option<Arc<UserUsage>>,
+    ) -> Self {
         Outbound {
             id,
             protocol,
+            owner,
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 limit: limit.max(1),
@@ -51,6 +65,20 @@ impl Outbound {
                 closed: false,
                 waker: None,
             }),
+        }
+    }
+
+    /// Counts one more subscription against the owner's cap of `limit`; false at the cap.
+    pub(super) fn take_subscription(&self, limit: usize) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|o| o.try_add_subscription(limit))
+    }
+
+    /// Gives `n` subscriptions that left the table back to the owner's per-user count.
+    pub(super) fn release_subscriptions(&self, n: usize) {
+        if let Some(o) = &self.owner {
+            o.remove_subscriptions(n);
         }
     }
 

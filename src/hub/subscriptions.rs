@@ -160,8 +160,18 @@ impl<H> SubscriptionTable<H> {
 
     /// Drops `key`'s whole group (after a terminal status). Returns how many subscribers it had.
     pub fn drop_group(&self, key: Uuid) -> usize {
+        self.drop_group_each(key, |_| {})
+    }
+
+    /// Like [`SubscriptionTable::drop_group`], and calls `each` (outside the lock) with every
+    /// subscriber that was removed.
+    pub fn drop_group_each(&self, key: Uuid, mut each: impl FnMut(&H)) -> usize {
         let group = self.lock(&key).remove_group(&key);
-        group.map_or(0, |g| g.len())
+        let group = group.unwrap_or_default();
+        for (_, h) in &group {
+            each(h);
+        }
+        group.len()
     }
 
     /// Whether `conn` is subscribed to `key`.

@@ -11,8 +11,12 @@ use uuid::Uuid;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
+/// The server binary: this build's, or `OT_SERVER_BIN` (to run a test against another build,
+/// e.g. the one before a fix, to show the test fails there).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ordertrack"))
+    std::env::var_os("OT_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ordertrack")))
 }
 
 pub fn free_port() -> u16 {
