@@ -2,8 +2,8 @@
 //! client messages in both protocols, and the split of a JSON frame into records. Used by the
 //! `watch` command's hub session, the load tool and the tests.
 
-use super::framing::{Arg, ClientMessage};
 use super::json::{json_frame, json_str};
+use super::message::{Arg, ClientMessage};
 use super::msgpack::{mp_array_len, mp_frame, mp_int, mp_map_len, mp_str, mp_uint};
 use super::payload::HubPayload;
 use super::{Protocol, RECORD_SEPARATOR};

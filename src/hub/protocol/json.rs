@@ -1,7 +1,7 @@
 //! The JSON protocol: decoding one client record (a streaming envelope reader that skips what
 //! the hub does not look at) and the low-level writers the encoders share.
 
-use super::framing::{malformed, missing, Arg, ClientMessage, DecodeError};
+use super::message::{malformed, missing, Arg, ClientMessage, DecodeError};
 use super::RECORD_SEPARATOR;
 use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};

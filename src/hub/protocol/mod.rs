@@ -1,8 +1,9 @@
 //! The SignalR hub protocols (JSON and MessagePack), pure code: no I/O, no async. One file per
 //! concern, so a MessagePack fix and a handshake fix land in different rooms:
 //! - `handshake.rs`: the handshake request parser and its answers;
-//! - `framing.rs`: what clients send ([`ClientMessage`]) and the per-connection stream
-//!   [`Decoder`] that cuts records (JSON, `0x1E`) and length-prefixed messages (MessagePack);
+//! - `message.rs`: what clients send ([`ClientMessage`]) and decoding errors;
+//! - `framing.rs`: the per-connection stream [`Decoder`] that cuts records (JSON, `0x1E`) and
+//!   length-prefixed messages (MessagePack) out of payloads;
 //! - `json.rs` and `msgpack.rs`: each protocol's message decoder and low-level writers;
 //! - `payload.rs`: [`HubPayload`], the values that travel as arguments and results;
 //! - `encode.rs`: what the server sends (pings, closes, completions, invocations, error texts);
@@ -16,6 +17,7 @@ mod encode;
 mod framing;
 mod handshake;
 mod json;
+mod message;
 mod msgpack;
 mod payload;
 
@@ -28,12 +30,13 @@ pub use encode::{
     hub_exception_error, invocation_failed_error, streaming_invocation_of_plain_method_error,
     unauthorized_error, unknown_method_error, Outcome,
 };
-pub use framing::{single_string_argument, Arg, ClientMessage, DecodeError, Decoder};
+pub use framing::Decoder;
 pub use handshake::{
     encode_handshake_error, encode_handshake_ok, parse_handshake, parse_handshake_request,
     HandshakeError, HandshakeParser, HandshakeProgress, HandshakeRequest,
 };
 pub use json::decode_json_record;
+pub use message::{single_string_argument, Arg, ClientMessage, DecodeError};
 pub use msgpack::decode_msgpack_message;
 pub use payload::HubPayload;
 

@@ -1,7 +1,7 @@
 //! The MessagePack protocol: decoding one client message body (a bounds-checked reader) and
 //! the low-level writers the encoders share (ints, strings, lengths, the timestamp extension).
 
-use super::framing::{malformed, missing, Arg, ClientMessage, DecodeError};
+use super::message::{malformed, missing, Arg, ClientMessage, DecodeError};
 use crate::domain::Timestamp;
 use bytes::Bytes;
 
