@@ -168,6 +168,8 @@ pub enum ConfigError {
     #[error("data directory {0} is not usable: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("{0}")]
+    Dir(crate::store::dirsync::DirError),
+    #[error("{0}")]
     Auth(#[from] KeyError),
     #[error("log format must be 'text' or 'json', not '{0}'")]
     LogFormat(String),
@@ -264,13 +266,24 @@ fn dev_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
             return Ok(s.as_bytes().to_vec());
         }
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| ConfigError::DataDir(data_dir.into(), e))?;
+    create_data_dir(data_dir)?;
     let mut raw = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     write_private(&path, secret.as_bytes())
         .map_err(|e| ConfigError::DataDir(data_dir.into(), e))?;
+    // Tokens minted with the secret must outlive a power cut: its name must be durable too.
+    crate::store::dirsync::sync_dir(data_dir).map_err(ConfigError::Dir)?;
     Ok(secret.into_bytes())
+}
+
+/// Creates the data directory (and its missing ancestors) so that it survives a power cut.
+fn create_data_dir(data_dir: &Path) -> Result<(), ConfigError> {
+    use crate::store::dirsync::{self, DirError};
+    dirsync::create_dir_all(data_dir).map_err(|e| match e {
+        DirError::Create(_, io) => ConfigError::DataDir(data_dir.into(), io),
+        sync => ConfigError::Dir(sync),
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -298,8 +311,7 @@ impl Settings {
     pub fn resolve(a: &ServeArgs) -> Result<Settings, ConfigError> {
         let f = load_file(a.common.config.as_deref())?;
         let data_dir = data_dir_of(&a.common, &f);
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| ConfigError::DataDir(data_dir.clone(), e))?;
+        create_data_dir(&data_dir)?;
         let (auth, dev_secret) = resolve_auth(&a.common, &f, &data_dir)?;
         let log_format = match a
             .log_format
