@@ -4,8 +4,8 @@
 //! made durable: a file's bytes once the file is synced, a name once its directory is synced.
 //! After acknowledged writes over HTTP the server is killed at a random moment, the durable image
 //! is built from the shadow, a server starts on that image, and every acknowledged write must
-//! read back (and tokens minted before the cut must still be accepted: the development secret
-//! is durable too).
+//! read back; tokens minted before the cut must still be accepted (the development secret is
+//! durable too), and an online backup answered before the cut must still be there.
 //!
 //! Scenarios: the commit log off (`--commit-log-mb 0`, every batch a durable redb commit), the
 //! default log, and a new `orders.redb` created beside a full-size `orders.wal` left from before.
@@ -231,6 +231,20 @@ fn writer(base: &str, cast: &Cast, acked: &Acked, stop: &AtomicBool) {
     }
 }
 
+/// `POST /admin/db/backup`: the new file's name and size once the server answered 200.
+fn take_backup(base: &str, admin: &str) -> Option<(String, u64)> {
+    let r = client()
+        .post(format!("{base}/admin/db/backup"))
+        .bearer_auth(admin)
+        .send()
+        .ok()?;
+    if r.status().as_u16() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().ok()?;
+    Some((v["file"].as_str()?.to_string(), v["bytes"].as_u64()?))
+}
+
 /// Builds the image of the durable state: the directory `key` of the shadow, at `dest`.
 fn build_image(shadow: &Path, key: &str, dest: &Path) {
     std::fs::create_dir(dest).expect("image dir");
@@ -379,6 +393,7 @@ fn run(scenario: Scenario, name: &str) {
     // The Administrator token of the cycle before the last cut, minted against its secret.
     let mut old_admin: Option<String> = None;
     let mut cut_ms = 0;
+    let (mut backups_taken, mut backups_lost) = (0, Vec::new());
     for cycle in 0..=cycles {
         let data = root.join("data");
         let data_str = data.to_string_lossy().to_string();
@@ -410,7 +425,7 @@ fn run(scenario: Scenario, name: &str) {
                 got.secret_kept,
                 got.files
             );
-            let failed = got.lost > 0 || !got.secret_kept;
+            let failed = got.lost > 0 || !got.secret_kept || !backups_lost.is_empty();
             checks.push(got);
             if failed || cycle == cycles {
                 break;
@@ -420,11 +435,18 @@ fn run(scenario: Scenario, name: &str) {
         let stop = AtomicBool::new(false);
         let cut_after = Duration::from_millis(rand::rng().random_range(max_ms / 3..=max_ms));
         let base = server.base.clone();
+        let backup: Mutex<Option<(String, u64)>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..writers {
                 s.spawn(|| writer(&base, &cast, &shared, &stop));
             }
+            // An online backup among the writes, answered before the cut: its file must survive.
+            let backing_up = s.spawn(|| {
+                std::thread::sleep(cut_after / 3);
+                *backup.lock().unwrap() = take_backup(&base, &cast.admin_token);
+            });
             std::thread::sleep(cut_after);
+            let _ = backing_up.join();
             server.kill9();
             stop.store(true, Ordering::Relaxed);
         });
@@ -441,22 +463,32 @@ fn run(scenario: Scenario, name: &str) {
         let key = std::fs::read_to_string(shadow.join("root")).expect("the shadow's root key");
         let next = tmp.path().join(format!("root{}", cycle + 1));
         build_image(&shadow, key.trim(), &next);
+        if let Some((file, bytes)) = backup.into_inner().unwrap() {
+            let kept = std::fs::metadata(next.join("data/backups").join(&file)).map(|m| m.len());
+            backups_taken += 1;
+            if kept.as_ref().ok() != Some(&bytes) {
+                backups_lost.push(format!("{file} ({bytes} bytes): after the cut {kept:?}"));
+            }
+        }
         std::fs::remove_dir_all(&shadow).expect("remove the shadow");
         let _ = std::fs::remove_dir_all(&root);
         root = next;
     }
     let last = checks.last().expect("one cut at least");
     println!(
-        "RESULT powercut {name}: {} cuts, {} acknowledged writes, {} lost, secret kept: {}",
+        "RESULT powercut {name}: {} cuts, {} acknowledged writes, {} lost, secret kept: {}, \
+         {} of {backups_taken} acknowledged backups lost",
         checks.len(),
         last.acknowledged,
         last.lost,
-        last.secret_kept
+        last.secret_kept,
+        backups_lost.len()
     );
     assert!(
-        last.lost == 0 && last.secret_kept,
+        last.lost == 0 && last.secret_kept && backups_lost.is_empty(),
         "a power cut lost {} of {} acknowledged writes ({} orders missing, {} behind); tokens \
-         minted before the cut still accepted: {}; data dir after the cut: {:?}",
+         minted before the cut still accepted: {}; data dir after the cut: {:?}; acknowledged \
+         backups lost: {backups_lost:?}",
         last.lost,
         last.acknowledged,
         last.missing_orders,
