@@ -211,6 +211,11 @@ impl Store {
         // redb never syncs the directory: without this a power cut can take the names of a
         // new orders.redb or orders.wal (or bring back a removed log) with every write in them.
         dirsync::sync_dir(dir)?;
+        // A data directory made by someone else (`mkdir`) may lack a durable name as well; its
+        // parent may not be readable by this user, so that sync only warns.
+        if let Err(e) = dirsync::sync_parent(dir) {
+            tracing::warn!(error = %e, "the data directory's own name may not survive a power cut");
+        }
         Ok(Store {
             shared: Arc::new(Shared {
                 slot: RwLock::new(Slot {
