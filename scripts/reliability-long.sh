@@ -12,7 +12,7 @@ ulimit -n 20000 2>/dev/null || true
 log="${RELIABILITY_LOG:-target/reliability-long.log}"
 mkdir -p "$(dirname "$log")"
 : >"$log"
-steps="${STEPS:-kill sigterm clock disk limits slow storm tokens authz roundtrip fuzz-stable recovery fuzz}"
+steps="${STEPS:-kill powercut sigterm clock disk limits slow storm tokens authz roundtrip fuzz-stable recovery fuzz}"
 
 run() {
   local name="$1"; shift
@@ -27,6 +27,8 @@ for step in $steps; do
   case "$step" in
     kill) run "kill -9 cycles" env OT_KILL_CYCLES=20 OT_KILL_WRITERS=6 \
             cargo test --release --quiet --test reliability_crash kill9 -- --nocapture ;;
+    powercut) run "power cuts (only synced state kept)" env OT_POWERCUT_CYCLES=30 OT_POWERCUT_MS=3000 \
+            OT_POWERCUT_WRITERS=6 cargo test --release --quiet --test reliability_powercut -- --nocapture ;;
     sigterm) run "SIGTERM under load" \
             cargo test --release --quiet --test reliability_crash sigterm -- --nocapture ;;
     clock) run "clock going back" \

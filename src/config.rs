@@ -51,6 +51,8 @@ pub enum ConfigError {
     #[error("data directory {0} is not usable: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("{0}")]
+    Dir(crate::store::dirsync::DirError),
+    #[error("{0}")]
     Auth(#[from] KeyError),
     #[error("log format must be 'text' or 'json', not '{0}'")]
     LogFormat(String),
@@ -192,7 +194,19 @@ fn save_dev_secret(data_dir: &Path, secret: &[u8]) -> Result<(), ConfigError> {
             }
         }
         other => other.map_err(failed),
-    }
+    }?;
+    // Tokens minted with the secret must outlive a power cut: its name must be durable too.
+    crate::store::dirsync::sync_dir(data_dir).map_err(ConfigError::Dir)
+}
+
+/// Creates the data directory (and its missing ancestors) so that it survives a power cut:
+/// the parent of each directory created is synced.
+fn make_data_dir(data_dir: &Path) -> Result<(), ConfigError> {
+    use crate::store::dirsync::{self, DirError};
+    dirsync::create_dir_all(data_dir).map_err(|e| match e {
+        DirError::Create(_, io) => ConfigError::DataDir(data_dir.into(), io),
+        sync => ConfigError::Dir(sync),
+    })
 }
 
 /// Writes `bytes` to a file only its owner can read; `new` refuses an existing file.
@@ -315,8 +329,7 @@ impl Settings {
     /// `serve` calls it only once the port is bound: a start that fails earlier (a taken port,
     /// a bad setting) leaves nothing behind.
     pub fn create_data_dir(&self) -> Result<(), ConfigError> {
-        std::fs::create_dir_all(&self.data_dir)
-            .map_err(|e| ConfigError::DataDir(self.data_dir.clone(), e))?;
+        make_data_dir(&self.data_dir)?;
         match (&self.auth.secret, self.dev_secret_unsaved) {
             (Some(secret), true) => save_dev_secret(&self.data_dir, secret),
             _ => Ok(()),
@@ -341,8 +354,7 @@ pub fn token_auth(c: &CommonArgs) -> Result<AuthSettings, ConfigError> {
     let data_dir = data_dir_of(c, &f);
     let (auth, dev) = resolve_auth(c, &f, &data_dir)?;
     if let (Some(secret), DevSecret::Generated) = (&auth.secret, dev) {
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| ConfigError::DataDir(data_dir.clone(), e))?;
+        make_data_dir(&data_dir)?;
         save_dev_secret(&data_dir, secret)?;
     }
     Ok(auth)

@@ -35,6 +35,8 @@ pub enum DbError {
     ElsewhereSnapshot(String, PathBuf),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Dir(#[from] crate::store::dirsync::DirError),
     #[error("the database file is damaged beyond what redb can read ({0}); restore a backup")]
     Damaged(String),
     #[error("integrity check failed: {0} problem(s)")]
@@ -169,7 +171,7 @@ fn backup(a: &BackupArgs) -> Result<(), DbError> {
     if target.exists() {
         return Err(MaintenanceError::Exists(target).into());
     }
-    std::fs::create_dir_all(&a.dest).map_err(|e| DbError::Io(a.dest.clone(), e))?;
+    crate::store::dirsync::create_dir_all(&a.dest)?;
     let (info, how) = match maintenance::open_read_only(&dir) {
         Ok(db) => {
             let info = maintenance::snapshot(&db, &target)?;
@@ -223,11 +225,7 @@ fn move_file(from: &Path, to: &Path) -> Result<(), DbError> {
             .map_err(io)?;
         let _ = std::fs::remove_file(from);
     }
-    if let Some(parent) = to.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    crate::store::dirsync::sync_parent(to)?;
     Ok(())
 }
 

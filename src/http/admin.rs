@@ -92,7 +92,7 @@ async fn backup(app: &Arc<App>) -> Result<Resp, Problem> {
     let info = tokio::task::spawn_blocking(move || {
         let _g = span.enter();
         let _guard = guard;
-        std::fs::create_dir_all(&dir).map_err(failed)?;
+        crate::store::dirsync::create_dir_all(&dir).map_err(failed)?;
         let db = maintenance::handle(&store).map_err(failed)?;
         let info = maintenance::snapshot(db.as_ref(), &dest).map_err(failed)?;
         tracing::info!(

@@ -21,7 +21,9 @@ pub const MAX_PAGE_NUMBER: u32 = 1_000_000;
 
 fn store_problem(e: StoreError) -> Problem {
     match e {
-        StoreError::Unavailable(_) | StoreError::ShuttingDown => Problem::unavailable(),
+        StoreError::Unavailable(_) | StoreError::ShuttingDown | StoreError::Dir(_) => {
+            Problem::unavailable()
+        }
         StoreError::Corrupt(_) => Problem::internal(),
     }
 }

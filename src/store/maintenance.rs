@@ -46,6 +46,8 @@ pub enum MaintenanceError {
     Storage(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Dir(#[from] super::dirsync::DirError),
 }
 
 fn st<E: Into<redb::Error>>(e: E) -> MaintenanceError {
@@ -200,11 +202,7 @@ pub fn snapshot<D: ReadableDatabase>(
     let orders = rtx.open_table(ORDERS).map_err(st)?.len().map_err(st)?;
     drop(rtx);
     std::fs::rename(&partial, dest).map_err(|e| MaintenanceError::Io(dest.into(), e))?;
-    if let Some(parent) = dest.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    super::dirsync::sync_parent(dest)?;
     Ok(SnapshotInfo {
         path: dest.into(),
         bytes: file_len(dest),

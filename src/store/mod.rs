@@ -2,6 +2,7 @@
 //! (`writer.rs`), and read queries that run in their own read transactions and never wait for
 //! the writer.
 
+pub(crate) mod dirsync;
 pub(crate) mod heads;
 pub(crate) mod maintenance;
 pub(crate) mod schema;
@@ -40,6 +41,9 @@ pub enum StoreError {
     ShuttingDown,
     #[error("stored data could not be decoded: {0}")]
     Corrupt(String),
+    /// The data directory could not be created, or a name in it could not be made durable.
+    #[error("{0}")]
+    Dir(#[from] dirsync::DirError),
 }
 
 impl StoreError {
@@ -131,7 +135,7 @@ impl Default for StoreSettings {
 }
 
 /// Opens the commit log of `dir` and applies what redb lacks, durably. With the log turned off
-/// a log left from an earlier run is still applied, then removed.
+/// a log left from an earlier run is still applied, then removed (the caller syncs `dir`).
 fn open_log(
     dir: &Path,
     db: &Database,
@@ -180,7 +184,7 @@ fn open_file(path: &Path, settings: &StoreSettings) -> Result<Database, StoreErr
 impl Store {
     /// Opens (or creates) `orders.redb` in `dir` and makes sure every table exists.
     pub fn open(dir: &Path, settings: &StoreSettings) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(StoreError::io)?;
+        dirsync::create_dir_all(dir)?;
         let path = dir.join("orders.redb");
         let db = open_file(&path, settings)?;
         let mut txn = db.begin_write().map_err(StoreError::io)?;
@@ -212,6 +216,14 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        // redb never syncs the directory: without this a power cut can take the names of a
+        // new orders.redb or orders.wal (or bring back a removed log) with every write in them.
+        dirsync::sync_dir(dir)?;
+        // A data directory made by someone else (`mkdir`) may lack a durable name as well; its
+        // parent may not be readable by this user, so that sync only warns.
+        if let Err(e) = dirsync::sync_parent(dir) {
+            tracing::warn!(error = %e, "the data directory's own name may not survive a power cut");
+        }
         Ok(Store {
             shared: Arc::new(Shared {
                 slot: RwLock::new(Slot {

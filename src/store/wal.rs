@@ -219,14 +219,6 @@ fn reserve(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-}
-
 /// A record header as read from the file.
 struct Header {
     magic: u32,
@@ -278,7 +270,8 @@ impl CommitLog {
         if len < capacity {
             reserve(&file, capacity)?;
             file.sync_all()?;
-            sync_dir(path);
+            // A new log's name must be durable before a record in it is acknowledged.
+            super::dirsync::sync_parent(path).map_err(io::Error::other)?;
         }
         Ok(CommitLog {
             file,
