@@ -75,8 +75,13 @@ async fn silent_subscriber(port: u16, token: &str, restaurant: uuid::Uuid) -> Ws
     hub.ws
 }
 
+/// The two tests here each load both cores on purpose; run them one at a time so neither
+/// measures the other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_never_reading_subscribers_are_closed_and_slow_nobody_else() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let slow_n = env_usize("OT_SLOW_CLIENTS", 1000);
     let (server, cast) = many_devices_one_token();
     let port = server.port;
@@ -212,9 +217,13 @@ async fn a_thousand_never_reading_subscribers_are_closed_and_slow_nobody_else() 
         "server memory grew by {} MiB for {slow_n} silent subscribers",
         grown / 1024
     );
+    // Not a speed target (that is the load tool's job; the RESULT line reports it): the bound
+    // only catches a reader *stalled* behind the silent ones, such as a dispatcher waiting on
+    // a full socket (a write gives up after 10 s). A loaded machine moves p99 by hundreds of
+    // milliseconds, which is noise here.
     assert!(
-        d99 <= (b99 * 3).max(b99 + 250),
-        "reader latency p99 {d99} ms with silent subscribers vs {b99} ms without"
+        d99 <= b99 + 2_000,
+        "reader latency p99 {d99} ms with silent subscribers vs {b99} ms without: stalled"
     );
     drop(silent);
 }
@@ -333,6 +342,7 @@ async fn rejoin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnect_storm_after_a_restart_everyone_gets_back_in() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let n = env_usize("OT_STORM_CLIENTS", 2000);
     let (server, cast) = many_devices_one_token();
     let port = server.port;
