@@ -742,6 +742,35 @@ async fn a_token_in_invocation_headers_never_reaches_the_trace_log() {
     let c = mp.msg().await;
     assert_eq!(c.arr()[0], Mp::Int(3), "a completion: {c:?}");
 
+    // A client that puts the token where a number or a name belongs: the message is refused
+    // and the connection closed, and the refusal's log line must not quote it.
+    for bad in [
+        json!({"type": bearer}),
+        json!({"type": 1, "invocationId": 7, "target": bearer, "arguments": []}),
+        json!({"type": 1, "invocationId": bearer, "target": "SubscribeToOrder", "arguments": {"x": bearer}}),
+    ] {
+        let mut h = JsonHub::connect(port, "customer-orders", &token).await;
+        h.send(&bad).await;
+        let _ = h.next_msg(WAIT).await;
+    }
+    // And in the handshake: the refusal quotes the protocol back to the client, not the log.
+    for handshake in [
+        json!({"protocol": bearer, "version": 1}),
+        json!({"protocol": "json", "version": 1, "extra": bearer, "more": [bearer]}),
+        json!({"protocol": 5, "version": bearer}),
+    ] {
+        let id = negotiate_token(port, "customer-orders", &token).await;
+        let mut ws = ws_connect(
+            port,
+            &format!("/hubs/customer-orders?id={id}"),
+            Some(&token),
+        )
+        .await
+        .expect("upgrade");
+        send_text(&mut ws, &format!("{handshake}\u{1e}")).await;
+        let _ = next_frame(&mut ws, WAIT).await;
+    }
+
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

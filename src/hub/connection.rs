@@ -223,7 +223,7 @@ async fn handshake<S: Io>(
                 return Some((request.protocol, rest));
             }
             Err(e) => {
-                tracing::debug!(parent: &who.span(), error = %e, "handshake refused");
+                tracing::debug!(parent: &who.span(), error = %e.log_label(), "handshake refused");
                 let _ = send(ws, frame(Protocol::Json, e.response())).await;
                 let _ = ws.close(None).await;
                 return None;

@@ -29,6 +29,19 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// What went wrong, for the log: never the client's own text (which the response quotes,
+    /// as ASP.NET does, and which may be anything, a token included).
+    pub fn log_label(&self) -> String {
+        match self {
+            HandshakeError::UnsupportedProtocol(_) => "unsupported protocol".into(),
+            HandshakeError::UnsupportedVersion { version, .. } => {
+                format!("unsupported version {version}")
+            }
+            HandshakeError::Malformed => "malformed handshake".into(),
+            HandshakeError::TooLarge => "handshake too large".into(),
+        }
+    }
+
     /// The framed error response to send before closing the connection.
     pub fn response(&self) -> Bytes {
         encode_handshake_error(&self.to_string())

@@ -10,8 +10,21 @@ use std::fmt;
 
 /// Decodes one JSON record (without its `0x1E`).
 pub fn decode_json_record(record: &[u8]) -> Result<ClientMessage, DecodeError> {
-    let env: Envelope = serde_json::from_slice(record)
-        .map_err(|e| malformed(format!("invalid JSON hub message: {e}")))?;
+    let env: Envelope = serde_json::from_slice(record).map_err(|e| {
+        // serde's own text quotes the offending value, and clients put tokens in messages
+        // (even in the wrong places): say what kind of error and where, never what was sent.
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Eof => "truncated JSON",
+            serde_json::error::Category::Data => "a property of the wrong type or value",
+            serde_json::error::Category::Io => "unreadable",
+        };
+        malformed(format!(
+            "invalid JSON hub message: {kind} at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     env.into_message()
 }
 
