@@ -14,7 +14,7 @@
 //! many cuts in a row, each restarting on the previous cut's image.
 
 mod common;
-use common::{bin, client, eta, free_port, Cast, SECRET};
+use common::{bin, client, eta, free_port, token_with, Cast, SECRET};
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -144,27 +144,6 @@ impl Drop for Proc {
     }
 }
 
-/// Mints a token with the binary's own `token` command and `auth` (a secret or a data dir).
-fn mint(auth: &[&str], sub: Uuid, roles: &[&str], permissions: &[&str]) -> String {
-    let mut cmd = Command::new(bin());
-    cmd.arg("token")
-        .args(auth)
-        .args(["--sub", &sub.to_string()]);
-    for r in roles {
-        cmd.args(["--role", r]);
-    }
-    for p in permissions {
-        cmd.args(["--permission", p]);
-    }
-    let out = cmd.output().expect("token command");
-    assert!(
-        out.status.success(),
-        "token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn cast_with(auth: &[&str]) -> Cast {
     let (customer, restaurant) = (Uuid::new_v4(), Uuid::new_v4());
     let staff = format!("RestaurantStaff:{restaurant}");
@@ -172,12 +151,12 @@ fn cast_with(auth: &[&str]) -> Cast {
     Cast {
         customer,
         restaurant,
-        customer_token: mint(auth, customer, &[], &[]),
-        staff_token: mint(auth, Uuid::new_v4(), &[], &[&staff]),
-        owner_token: mint(auth, Uuid::new_v4(), &[], &[&owner]),
-        service_token: mint(auth, Uuid::new_v4(), &["OrderService"], &[]),
-        admin_token: mint(auth, Uuid::new_v4(), &["Administrator"], &[]),
-        stranger_token: mint(auth, Uuid::new_v4(), &[], &[]),
+        customer_token: token_with(auth, customer, &[], &[]),
+        staff_token: token_with(auth, Uuid::new_v4(), &[], &[&staff]),
+        owner_token: token_with(auth, Uuid::new_v4(), &[], &[&owner]),
+        service_token: token_with(auth, Uuid::new_v4(), &["OrderService"], &[]),
+        admin_token: token_with(auth, Uuid::new_v4(), &["Administrator"], &[]),
+        stranger_token: token_with(auth, Uuid::new_v4(), &[], &[]),
     }
 }
 

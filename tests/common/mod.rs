@@ -157,16 +157,21 @@ pub fn token(sub: Uuid, roles: &[&str], permissions: &[&str]) -> String {
 }
 
 pub fn token_ttl(sub: Uuid, roles: &[&str], permissions: &[&str], ttl: &str) -> String {
+    token_with(
+        &["--jwt-secret", SECRET, "--ttl", ttl],
+        sub,
+        roles,
+        permissions,
+    )
+}
+
+/// Mints a token through the binary's `token` command with the key options in `auth` (a
+/// secret, or a data directory holding a development secret).
+pub fn token_with(auth: &[&str], sub: Uuid, roles: &[&str], permissions: &[&str]) -> String {
     let mut cmd = Command::new(bin());
-    cmd.args([
-        "token",
-        "--jwt-secret",
-        SECRET,
-        "--sub",
-        &sub.to_string(),
-        "--ttl",
-        ttl,
-    ]);
+    cmd.arg("token")
+        .args(auth)
+        .args(["--sub", &sub.to_string()]);
     for r in roles {
         cmd.args(["--role", r]);
     }
