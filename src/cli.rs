@@ -57,7 +57,8 @@ pub struct CommonArgs {
     /// Directory holding orders.redb [default: ./data].
     ///
     /// Also holds the commit log (orders.wal) and, in development, the generated
-    /// dev-jwt-secret. Created on first start, once the port is bound.
+    /// dev-jwt-secret. `serve` creates it on first start, once the port is bound; `token`
+    /// creates it (with a warning) when it has to generate a development secret.
     #[arg(long, env = "ORDERTRACK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// HS256 shared secret.
@@ -196,8 +197,8 @@ pub struct ServeArgs {
 pub struct TokenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The user id (`sub`), a UUID.
-    #[arg(long)]
+    /// The user id (`sub`), a UUID such as 9f54b1a2-0000-4000-8000-000000000001.
+    #[arg(long, value_parser = parse_user_id)]
     pub sub: uuid::Uuid,
     /// A role to grant (repeatable).
     #[arg(long = "role", value_name = "ROLE", value_parser = PossibleValuesParser::new(crate::auth::ROLES))]
@@ -319,4 +320,11 @@ pub struct BackupArgs {
     pub db: DbArgs,
     /// The new data directory to write (it must not already hold a database).
     pub dest: PathBuf,
+}
+
+/// `--sub`: a UUID in its standard hyphenated form (the only spelling the server accepts).
+fn parse_user_id(s: &str) -> Result<uuid::Uuid, String> {
+    crate::auth::canonical_uuid(s).ok_or_else(|| {
+        "must be a UUID in its standard form, such as 9f54b1a2-0000-4000-8000-000000000001".into()
+    })
 }

@@ -356,6 +356,12 @@ pub fn token_auth(c: &CommonArgs) -> Result<AuthSettings, ConfigError> {
     if let (Some(secret), DevSecret::Generated) = (&auth.secret, dev) {
         make_data_dir(&data_dir)?;
         save_dev_secret(&data_dir, secret)?;
+        eprintln!(
+            "ordertrack: warning: no development secret was in {dir}, so a new one was generated \
+             there; tokens signed with it work only on a server with the same --data-dir (or \
+             give both --jwt-secret)",
+            dir = data_dir.display()
+        );
     }
     Ok(auth)
 }

@@ -46,7 +46,11 @@ fn writer_loop(base: &str, cast: &Cast, acked: &Acked, writes: &AtomicU64, stop:
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let payment: &'static str = if n % 4 == 0 { "Card" } else { "CashOnDelivery" };
+        let payment: &'static str = if n.is_multiple_of(4) {
+            "Card"
+        } else {
+            "CashOnDelivery"
+        };
         let r = c
             .post(format!("{base}/api/v1/orders"))
             .bearer_auth(&cast.service_token)
