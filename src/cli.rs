@@ -95,7 +95,7 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     ///
     /// Plain HTTP: put TLS termination (nginx, Caddy, a load balancer) in front.
-    #[arg(long, env = "ORDERTRACK_LISTEN")]
+    #[arg(long, env = "ORDERTRACK_LISTEN", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Log format: text or json [default: text].
     ///
@@ -326,5 +326,12 @@ pub struct BackupArgs {
 fn parse_user_id(s: &str) -> Result<uuid::Uuid, String> {
     crate::auth::canonical_uuid(s).ok_or_else(|| {
         "must be a UUID in its standard form, such as 9f54b1a2-0000-4000-8000-000000000001".into()
+    })
+}
+
+/// `--listen`: an IP address and a port (a host name is not looked up).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "use IP:PORT, such as 127.0.0.1:8080, 0.0.0.0:8080 or [::]:8080 (no host names)".into()
     })
 }

@@ -56,6 +56,8 @@ pub enum ConfigError {
     Auth(#[from] KeyError),
     #[error("log format must be 'text' or 'json', not '{0}'")]
     LogFormat(String),
+    #[error("--{0} must be at least 1 (a limit of 0 would refuse everything)")]
+    Zero(String),
     #[error("bad --ttl '{0}': use a number with s, m, h or d")]
     Ttl(String),
     #[error("the development secret {0} was created by another process meanwhile: start again")]
@@ -251,7 +253,7 @@ impl Settings {
             "json" => LogFormat::Json,
             other => return Err(ConfigError::LogFormat(other.to_string())),
         };
-        Ok(Settings {
+        let settings = Settings {
             listen: a
                 .listen
                 .or(f.listen)
@@ -271,9 +273,8 @@ impl Settings {
             writer_max_batch: a
                 .writer_max_batch
                 .or(f.writer_max_batch)
-                .unwrap_or(512)
-                .max(1),
-            keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3).max(1),
+                .unwrap_or(512),
+            keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3),
             hub: {
                 let d = crate::hub::HubSettings::default();
                 let ms = std::time::Duration::from_millis;
@@ -322,7 +323,30 @@ impl Settings {
                     ..d
                 }
             },
-        })
+        };
+        settings.refuse_zero_limits()?;
+        Ok(settings)
+    }
+
+    /// A limit of 0 would refuse every connection, write or subscription while looking like a
+    /// working server: say so at start instead.
+    fn refuse_zero_limits(&self) -> Result<(), ConfigError> {
+        let h = &self.hub;
+        let limits = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_hub_connections", h.max_connections),
+            ("writer_max_batch", self.writer_max_batch),
+            ("hub_queue_frames", h.queue_frames),
+            ("hub_max_subscriptions", h.max_subscriptions_per_connection),
+            ("hub_max_connections_per_user", h.max_connections_per_user),
+            ("hub_max_subscriptions_per_user", h.max_subscriptions_per_user),
+            ("keep_backups", self.keep_backups),
+        ];
+        match limits.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(ConfigError::Zero(name.replace('_', "-"))),
+            None => Ok(()),
+        }
     }
 
     /// Creates the data directory and writes a development secret this start generated.

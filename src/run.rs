@@ -100,6 +100,12 @@ pub(crate) async fn serve_with(
             path = %settings.data_dir.join("dev-jwt-secret").display(),
             "NO JWT SECRET CONFIGURED: using a generated development secret. Set --jwt-secret or ORDERTRACK_JWT_SECRET in production."
         );
+    } else if let Some(secret) = settings.auth.secret.as_ref().filter(|s| s.len() < 32) {
+        // RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits).
+        tracing::warn!(
+            bytes = secret.len(),
+            "the HS256 secret is shorter than 32 bytes: tokens signed with it can be guessed offline; use a long random secret"
+        );
     }
     let started = std::time::Instant::now();
     let store = Store::open(

@@ -643,7 +643,29 @@ fn usage_errors_keep_clap_detail_on_one_line() {
         &["serve", "--listen", "nowhere"],
         &[],
         t,
-        &["'nowhere'", "--listen", "invalid socket address"],
+        &["'nowhere'", "--listen", "use IP:PORT, such as 127.0.0.1:8080"],
+    );
+    one_line_failure(
+        &["token", "--jwt-secret", "s", "--sub", "alice"],
+        &[],
+        t,
+        &["'alice'", "--sub", "must be a UUID in its standard form"],
+    );
+    // A limit of 0 would refuse everything while the server looks healthy: refused at start,
+    // from a flag, the environment or the file alike.
+    for flag in ["--max-connections", "--writer-max-batch", "--hub-queue-frames"] {
+        one_line_failure(
+            &["serve", "--listen", "127.0.0.1:0", flag, "0"],
+            &[],
+            t,
+            &[flag, "must be at least 1"],
+        );
+    }
+    one_line_failure(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("ORDERTRACK_HUB_MAX_CONNECTIONS_PER_USER", "0")],
+        t,
+        &["--hub-max-connections-per-user", "must be at least 1"],
     );
     // No command at all: the usage, not the program's description passed off as an error.
     let out = run_clean(&[], &[], t, Duration::from_secs(10));
