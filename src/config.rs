@@ -270,10 +270,7 @@ impl Settings {
                 .unwrap_or(19_000),
             cache_mb: a.cache_mb.or(f.cache_mb).unwrap_or(64),
             commit_log_mb: a.commit_log_mb.or(f.commit_log_mb).unwrap_or(64),
-            writer_max_batch: a
-                .writer_max_batch
-                .or(f.writer_max_batch)
-                .unwrap_or(512),
+            writer_max_batch: a.writer_max_batch.or(f.writer_max_batch).unwrap_or(512),
             keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3),
             hub: {
                 let d = crate::hub::HubSettings::default();
@@ -340,7 +337,10 @@ impl Settings {
             ("hub_queue_frames", h.queue_frames),
             ("hub_max_subscriptions", h.max_subscriptions_per_connection),
             ("hub_max_connections_per_user", h.max_connections_per_user),
-            ("hub_max_subscriptions_per_user", h.max_subscriptions_per_user),
+            (
+                "hub_max_subscriptions_per_user",
+                h.max_subscriptions_per_user,
+            ),
             ("keep_backups", self.keep_backups),
         ];
         match limits.iter().find(|(_, v)| *v == 0) {

@@ -643,7 +643,11 @@ fn usage_errors_keep_clap_detail_on_one_line() {
         &["serve", "--listen", "nowhere"],
         &[],
         t,
-        &["'nowhere'", "--listen", "use IP:PORT, such as 127.0.0.1:8080"],
+        &[
+            "'nowhere'",
+            "--listen",
+            "use IP:PORT, such as 127.0.0.1:8080",
+        ],
     );
     one_line_failure(
         &["token", "--jwt-secret", "s", "--sub", "alice"],
@@ -653,7 +657,11 @@ fn usage_errors_keep_clap_detail_on_one_line() {
     );
     // A limit of 0 would refuse everything while the server looks healthy: refused at start,
     // from a flag, the environment or the file alike.
-    for flag in ["--max-connections", "--writer-max-batch", "--hub-queue-frames"] {
+    for flag in [
+        "--max-connections",
+        "--writer-max-batch",
+        "--hub-queue-frames",
+    ] {
         one_line_failure(
             &["serve", "--listen", "127.0.0.1:0", flag, "0"],
             &[],
