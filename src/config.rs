@@ -326,13 +326,13 @@ impl Settings {
     }
 
     /// A limit of 0 would refuse every connection, write or subscription while looking like a
-    /// working server: say so at start instead.
+    /// working server: say so at start instead. (`max_hub_connections` may be 0: that turns the
+    /// hubs off, and clients poll.)
     fn refuse_zero_limits(&self) -> Result<(), ConfigError> {
         let h = &self.hub;
         let limits = [
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
-            ("max_hub_connections", h.max_connections),
             ("writer_max_batch", self.writer_max_batch),
             ("hub_queue_frames", h.queue_frames),
             ("hub_max_subscriptions", h.max_subscriptions_per_connection),
