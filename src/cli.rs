@@ -178,6 +178,21 @@ pub struct ServeArgs {
     /// allowReconnect: true) after this long without sending anything.
     #[arg(long, env = "ORDERTRACK_HUB_SILENT_TIMEOUT_MS", help_heading = TUNING)]
     pub hub_silent_timeout_ms: Option<u64>,
+    /// Stateful reconnect replay buffer per hub connection, in bytes [default: 100000].
+    ///
+    /// Messages sent to a client that negotiated stateful reconnect are kept until it acks
+    /// them, so a client whose socket drops gets them again, in order, on its new socket
+    /// (ASP.NET's StatefulReconnectBufferSize). A connection whose unacked messages exceed it
+    /// is dropped and its client starts over. 0 turns stateful reconnect off.
+    #[arg(long, env = "ORDERTRACK_HUB_RECONNECT_BUFFER_BYTES", help_heading = TUNING)]
+    pub hub_reconnect_buffer_bytes: Option<usize>,
+    /// Stateful reconnect window in milliseconds [default: 15000].
+    ///
+    /// How long a stateful connection whose socket dropped keeps its subscriptions and buffers
+    /// events for its client to come back (ASP.NET's DisconnectTimeout). Later, the client is
+    /// refused (404) and starts over with a new connection.
+    #[arg(long, env = "ORDERTRACK_HUB_RECONNECT_WINDOW_MS", help_heading = TUNING)]
+    pub hub_reconnect_window_ms: Option<u64>,
     /// Backups kept in <data-dir>/backups [default: 3].
     ///
     /// After each POST /admin/db/backup the older ones are deleted (`ordertrack db backup`

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub hub_max_connections_per_user: Option<usize>,
     pub hub_max_subscriptions_per_user: Option<usize>,
     pub hub_silent_timeout_ms: Option<u64>,
+    pub hub_reconnect_buffer_bytes: Option<usize>,
+    pub hub_reconnect_window_ms: Option<u64>,
     pub cors_origins: Option<Vec<String>>,
     pub keep_backups: Option<usize>,
 }
@@ -316,6 +318,15 @@ impl Settings {
                         .or(f.hub_silent_timeout_ms)
                         .map(ms)
                         .unwrap_or(d.silent_timeout),
+                    reconnect_buffer: a
+                        .hub_reconnect_buffer_bytes
+                        .or(f.hub_reconnect_buffer_bytes)
+                        .unwrap_or(d.reconnect_buffer),
+                    reconnect_window: a
+                        .hub_reconnect_window_ms
+                        .or(f.hub_reconnect_window_ms)
+                        .map(ms)
+                        .unwrap_or(d.reconnect_window),
                     cors_origins: cors_origins(a.cors_origins.clone().or(f.cors_origins.clone())),
                     ..d
                 }

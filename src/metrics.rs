@@ -131,6 +131,16 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Stateful hub connections waiting for their client to reconnect.
+    pub hub_parked: AtomicI64,
+    /// Stateful reconnects: a new socket reattached to its connection.
+    pub hub_resumes: AtomicU64,
+    /// Messages replayed on those reconnects.
+    pub hub_replayed: AtomicU64,
+    /// Parked connections dropped because the reconnect window passed.
+    pub hub_resets_window: AtomicU64,
+    /// Stateful connections dropped because their replay buffer overflowed.
+    pub hub_resets_overflow: AtomicU64,
     hub_refusals: [AtomicU64; HubRefusal::ALL.len()],
     batch_sizes: Histogram,
     commit_seconds: Histogram,
@@ -159,6 +169,11 @@ impl Metrics {
             deliveries: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
+            hub_parked: AtomicI64::new(0),
+            hub_resumes: AtomicU64::new(0),
+            hub_replayed: AtomicU64::new(0),
+            hub_resets_window: AtomicU64::new(0),
+            hub_resets_overflow: AtomicU64::new(0),
             hub_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             batch_sizes: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -224,7 +239,7 @@ impl Metrics {
                 );
             }
         }
-        let gauges: [(&str, &str, &str, i64); 8] = [
+        let gauges: [(&str, &str, &str, i64); 11] = [
             (
                 "ordertrack_hub_connections",
                 "gauge",
@@ -262,6 +277,24 @@ impl Metrics {
                 self.refused_connections.load(Relaxed) as i64,
             ),
             (
+                "ordertrack_hub_parked_connections",
+                "gauge",
+                "Stateful hub connections whose socket dropped, waiting to be reattached.",
+                self.hub_parked.load(Relaxed),
+            ),
+            (
+                "ordertrack_hub_resumes_total",
+                "counter",
+                "Stateful reconnects: a new socket reattached to its connection.",
+                self.hub_resumes.load(Relaxed) as i64,
+            ),
+            (
+                "ordertrack_hub_replayed_messages_total",
+                "counter",
+                "Messages replayed to clients on stateful reconnects.",
+                self.hub_replayed.load(Relaxed) as i64,
+            ),
+            (
                 "ordertrack_db_size_bytes",
                 "gauge",
                 "Size of the redb file.",
@@ -278,6 +311,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out.push_str("# HELP ordertrack_hub_resets_total Stateful hub connections dropped (the client starts over), by reason.\n");
+        out.push_str("# TYPE ordertrack_hub_resets_total counter\n");
+        for (reason, n) in [
+            ("window", &self.hub_resets_window),
+            ("overflow", &self.hub_resets_overflow),
+        ] {
+            let _ = writeln!(
+                out,
+                "ordertrack_hub_resets_total{{reason=\"{reason}\"}} {}",
+                n.load(Relaxed)
             );
         }
         out.push_str("# HELP ordertrack_hub_refusals_total Hub connections, subscriptions and connection tokens refused, by reason.\n");

@@ -6,7 +6,9 @@
 use super::problem::Problem;
 use super::server::ConnectionSlot;
 use super::{json_response, not_found, principal, App, Credentials, Resp};
-use crate::hub::{query_value, HubKind, Refused, SlotGuard, TokenRefusal};
+use crate::hub::{
+    query_value, Handoff, HubKind, Io, Reattach, ReattachRefusal, Refused, SlotGuard, TokenRefusal,
+};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -158,9 +160,23 @@ fn upgrade(
         ));
     };
     let principal = principal(app, &req, Credentials::HeaderOrQuery)?;
-    if let Some(id) = query_value(req.uri().query(), "id") {
-        match app.hubs.take_negotiated(&id, principal.sub) {
-            Ok(()) => {}
+    let id = query_value(req.uri().query(), "id");
+    let mut stateful = false;
+    if let Some(id) = &id {
+        // A stateful connection's client coming back on a new socket (no handshake): same
+        // token, same user; the connection takes the socket over.
+        match app.hubs.find_resumable(id, principal.sub) {
+            Ok(Some(handoff)) => return Ok(reattach(req, &key, &handoff, principal.expires_at)),
+            Ok(None) => {}
+            Err(ReattachRefusal::OtherUser) => {
+                return Ok(plain(
+                    StatusCode::FORBIDDEN,
+                    "The connection was negotiated by another user.\n",
+                ));
+            }
+        }
+        match app.hubs.take_negotiated(id, principal.sub) {
+            Ok(s) => stateful = s,
             Err(TokenRefusal::Unknown) => {
                 return Ok(plain(StatusCode::NOT_FOUND, "No Connection with that ID\n"));
             }
@@ -173,6 +189,7 @@ fn upgrade(
         }
     }
     let admission = match app.hubs.admit(principal.sub) {
+        Ok(a) if stateful => a.resumable(id.as_deref().unwrap_or_default()),
         Ok(a) => a,
         Err(Refused::HubConnections) => {
             return Err(Problem::new(
@@ -190,13 +207,8 @@ fn upgrade(
             ))
         }
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Keeps the connection counted under the total and per-address caps while it is open.
-    let slot = req
-        .extensions_mut()
-        .remove::<ConnectionSlot>()
-        .map(|s| Box::new(s) as SlotGuard);
+    let slot = take_slot(&mut req);
     let opened = async move { on_upgrade.await.map(TokioIo::new) };
     app.hubs.start(
         admission,
@@ -207,6 +219,42 @@ fn upgrade(
         app.store.clone(),
         slot,
     );
+    Ok(switching_protocols(&key))
+}
+
+/// This server's slot for the request's TCP connection, which keeps it counted under the total
+/// and per-address caps while the WebSocket is open.
+fn take_slot(req: &mut Request<Incoming>) -> Option<SlotGuard> {
+    req.extensions_mut()
+        .remove::<ConnectionSlot>()
+        .map(|s| Box::new(s) as SlotGuard)
+}
+
+/// Hands the upgrade to the waiting stateful connection and accepts it.
+fn reattach(
+    mut req: Request<Incoming>,
+    key: &HeaderValue,
+    handoff: &Handoff,
+    expires_at: i64,
+) -> Resp {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let slot = take_slot(&mut req);
+    handoff.deliver(Reattach {
+        opened: Box::pin(async move {
+            on_upgrade
+                .await
+                .ok()
+                .map(|u| Box::new(TokioIo::new(u)) as Box<dyn Io>)
+        }),
+        expires_at,
+        slot,
+    });
+    switching_protocols(key)
+}
+
+/// The 101 answer to a WebSocket upgrade with `key`.
+fn switching_protocols(key: &HeaderValue) -> Resp {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -215,5 +263,5 @@ fn upgrade(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert("sec-websocket-accept", v);
     }
-    Ok(resp)
+    resp
 }

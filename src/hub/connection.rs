@@ -9,13 +9,19 @@
 //! steps (handshake, inbound messages, closes) run as boxed futures so their state is not part
 //! of every waiting task, one timer covers keep-alive, client timeout and token expiry, and
 //! the log span is built only when a line is logged.
+//!
+//! With stateful reconnect (`resume.rs`) every sequenced message sent is also kept until the
+//! client acks it; when the socket drops the connection parks (subscriptions and queue kept,
+//! events still buffered) for the reconnect window, and a new socket handed over by the HTTP
+//! side resumes it: `Sequence`, the replay, then the normal loop.
 
 use super::methods::{stream_invocation_error, Session};
-use super::outbound::{merge, Outbound, Queued};
+use super::outbound::{merge, Outbound, Queued, MAX_BATCH};
 use super::protocol::{
-    self as proto, encode_close, encode_completion, encode_handshake_ok, encode_ping,
-    ClientMessage, Decoder, HandshakeParser, HandshakeProgress, Outcome, Protocol,
+    self as proto, encode_ack, encode_close, encode_completion, encode_handshake_ok, encode_ping,
+    encode_sequence, ClientMessage, Decoder, HandshakeParser, HandshakeProgress, Outcome, Protocol,
 };
+use super::resume::{Handoff, InboundSequence, Reattach, ReplayBuffer, Resume};
 use super::{Admission, Hubs, SlotGuard, Who};
 use crate::domain::Principal;
 use crate::metrics::HubRefusal;
@@ -24,6 +30,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -34,7 +41,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// The upgraded byte stream a connection speaks WebSocket over.
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 type Ws<S> = WebSocketStream<S>;
@@ -101,7 +108,17 @@ async fn close_with<S: Io>(
 /// What the read side asks the loop to do next.
 enum Next {
     Continue,
+    /// The connection is over (closed by either side on purpose).
     Stop,
+    /// The socket is gone without a SignalR Close: a stateful connection parks.
+    Lost,
+}
+
+/// How a socket's part of a connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Closed,
+    Lost,
 }
 
 /// A connection after its handshake. It borrows what `run` was given instead of moving it: an
@@ -118,6 +135,8 @@ struct Conn<'a> {
     last_reply: Instant,
     /// The client timeout is armed by the client's first Ping.
     client_pinged: bool,
+    /// Stateful reconnect's state, when this connection has it.
+    resume: Option<Box<Resume>>,
 }
 
 /// Runs a hub connection from its accepted upgrade to its end. `opened` yields the upgraded
@@ -138,7 +157,9 @@ pub(super) async fn run<F, S, E>(
     E: Display,
 {
     let owner = admission.usage.clone();
-    let _held = (admission, slot);
+    let mut admission = admission;
+    let resume_token = admission.resume_token.take();
+    let mut slot = slot;
     let upgraded = match opened.await {
         Ok(u) => u,
         Err(e) => {
@@ -158,13 +179,25 @@ pub(super) async fn run<F, S, E>(
     // Boxed: the opening steps' state is not kept for the connection's whole life.
     let opened = Box::pin(async move {
         let mut ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(cfg)).await;
-        let (protocol, rest) = handshake(&mut ws, handshake_timeout, who).await?;
-        Some((ws, protocol, rest))
+        let (protocol, version, rest) = handshake(&mut ws, handshake_timeout, who).await?;
+        Some((ws, protocol, version, rest))
     });
-    let Some((mut ws, protocol, rest)) = opened.await else {
+    let Some((mut ws, protocol, version, rest)) = opened.await else {
         return;
     };
-    tracing::debug!(parent: &who.span(), protocol = protocol.name(), "handshake done");
+    // Stateful reconnect needs the negotiate grant (sealed in the token) and handshake version
+    // 2; with version 1 ASP.NET silently serves the connection without it.
+    let resume = resume_token
+        .filter(|_| version >= 2 && s.reconnect_buffer > 0)
+        .map(|token| {
+            Box::new(Resume {
+                handoff: hubs.resumable.register(&token, who.user),
+                token,
+                sent: ReplayBuffer::new(),
+                inbound: InboundSequence::new(),
+            })
+        });
+    tracing::debug!(parent: &who.span(), protocol = protocol.name(), stateful = resume.is_some(), "handshake done");
     let out = Arc::new(Outbound::owned(who.id, protocol, queue_frames, Some(owner)));
     let mut conn = Conn {
         hubs: &hubs,
@@ -174,20 +207,41 @@ pub(super) async fn run<F, S, E>(
         partial: None,
         last_reply: Instant::now(),
         client_pinged: false,
+        resume,
     };
-    conn.serve(&mut ws, &rest, &out, principal.expires_at).await;
+    let mut end = conn
+        .serve(&mut ws, &rest, &out, principal.expires_at, false)
+        .await;
+    drop(ws);
+    // A stateful connection whose socket dropped waits for its client to come back.
+    while end == End::Lost {
+        let Some(re) = Box::pin(conn.park(&out)).await else {
+            break;
+        };
+        let Some(stream) = re.opened.await else {
+            continue;
+        };
+        slot = re.slot;
+        let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(cfg)).await;
+        hubs.metrics.hub_resumes.fetch_add(1, Ordering::Relaxed);
+        end = Box::pin(conn.serve(&mut ws, &[], &out, re.expires_at, true)).await;
+    }
+    if let Some(r) = &conn.resume {
+        hubs.resumable.remove(&r.token);
+    }
     out.close();
     conn.session.leave_all();
+    drop((admission, slot));
     tracing::debug!(parent: &who.span(), "connection closed");
 }
 
-/// Reads the handshake (TEXT or BINARY frames), answers it, and returns the protocol and any
-/// bytes that followed the handshake in the same frame.
+/// Reads the handshake (TEXT or BINARY frames), answers it, and returns the protocol, its
+/// version and any bytes that followed the handshake in the same frame.
 async fn handshake<S: Io>(
     ws: &mut Ws<S>,
     timeout: Duration,
     who: Who,
-) -> Option<(Protocol, Vec<u8>)> {
+) -> Option<(Protocol, u32, Vec<u8>)> {
     let mut parser = HandshakeParser::new();
     let deadline = Instant::now() + timeout;
     loop {
@@ -220,7 +274,7 @@ async fn handshake<S: Io>(
                 if !send(ws, m).await {
                     return None;
                 }
-                return Some((request.protocol, rest));
+                return Some((request.protocol, request.version, rest));
             }
             Err(e) => {
                 tracing::debug!(parent: &who.span(), error = %e.log_label(), "handshake refused");
@@ -238,55 +292,87 @@ impl Conn<'_> {
         Box::pin(close(ws, self.protocol, error, allow_reconnect)).await;
     }
 
-    /// `rest`: what followed the handshake in its frame.
-    async fn serve<S: Io>(&mut self, ws: &mut Ws<S>, rest: &[u8], out: &Outbound, expires_at: i64) {
+    /// `rest`: what followed the handshake in its frame. `resumed`: a reattached socket, which
+    /// first gets the `Sequence` and the replay.
+    async fn serve<S: Io>(
+        &mut self,
+        ws: &mut Ws<S>,
+        rest: &[u8],
+        out: &Outbound,
+        expires_at: i64,
+        resumed: bool,
+    ) -> End {
         let hubs = self.hubs;
         let expiry = token_deadline(expires_at);
         let mut last_sent = Instant::now();
         let mut last_recv = Instant::now();
+        if resumed {
+            if let Next::Lost = Box::pin(self.replay(ws)).await {
+                return End::Lost;
+            }
+            last_sent = Instant::now();
+        }
         if !rest.is_empty() {
-            if let Next::Stop = Box::pin(self.on_payload(ws, rest)).await {
-                return;
+            match Box::pin(self.on_payload(ws, rest)).await {
+                Next::Continue => {}
+                Next::Stop => return End::Closed,
+                Next::Lost => return End::Lost,
             }
         }
+        let handoff = self.resume.as_ref().map(|r| r.handoff.clone());
         loop {
             let s = &hubs.settings;
             // One timer: the next keep-alive ping, the client timeout (armed by the client's
             // first Ping, as ASP.NET does: older clients never ping), the silence bound for a
-            // client that has not pinged yet, or the token's expiry.
+            // client that has not pinged yet, the token's expiry, or a due Ack.
             let mut wake_at = (last_sent + s.keep_alive).min(expiry);
             if self.client_pinged {
                 wake_at = wake_at.min(last_recv + s.client_timeout);
             } else {
                 wake_at = wake_at.min(last_recv + s.silent_timeout);
             }
+            if let Some(due) = self.resume.as_ref().and_then(|r| r.inbound.ack_due) {
+                wake_at = wake_at.min(due);
+            }
             tokio::select! {
                 biased;
                 _ = hubs.shutdown.cancelled() => {
                     self.close(ws, None, true).await;
-                    return;
+                    return End::Closed;
+                }
+                _ = delivered(handoff.as_deref()) => {
+                    // The client already reconnected on a new socket: this one is stale.
+                    tracing::debug!(parent: &self.who.span(), "replaced by a new socket");
+                    return End::Lost;
                 }
                 _ = sleep_until(wake_at) => {
                     let now = Instant::now();
                     if now >= expiry {
                         tracing::info!(parent: &self.who.span(), "token expired, closing");
                         self.close(ws, Some("The access token expired. Reconnect with a new token."), true).await;
-                        return;
+                        return End::Closed;
                     }
                     if self.client_pinged && now >= last_recv + s.client_timeout {
                         tracing::info!(parent: &self.who.span(), "client timeout: nothing received, closing");
                         self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), false).await;
-                        return;
+                        return End::Closed;
                     }
                     if !self.client_pinged && now >= last_recv + s.silent_timeout {
                         tracing::info!(parent: &self.who.span(), "silent client: nothing received and no ping, closing");
                         hubs.metrics.hub_refused(HubRefusal::Silent);
                         self.close(ws, Some("Server timeout elapsed without receiving a message from the client."), true).await;
-                        return;
+                        return End::Closed;
+                    }
+                    if let Some(r) = self.resume.as_mut().filter(|r| r.inbound.ack_due.is_some_and(|d| now >= d)) {
+                        let ack = encode_ack(self.protocol, r.inbound.take_ack());
+                        if !send(ws, frame(self.protocol, ack)).await {
+                            return End::Lost;
+                        }
+                        last_sent = Instant::now();
                     }
                     if now >= last_sent + s.keep_alive {
                         if !send(ws, frame(self.protocol, encode_ping(self.protocol))).await {
-                            return;
+                            return End::Lost;
                         }
                         last_sent = Instant::now();
                     }
@@ -295,24 +381,113 @@ impl Conn<'_> {
                     Queued::Slow => {
                         tracing::info!(parent: &self.who.span(), "slow consumer: outbound queue full, closing");
                         self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), true).await;
-                        return;
+                        return End::Closed;
                     }
                     Queued::Frames(frames) => {
+                        if !self.keep_for_replay(frames.iter()) {
+                            tracing::info!(parent: &self.who.span(), "slow consumer: replay buffer full, closing");
+                            hubs.metrics.hub_resets_overflow.fetch_add(1, Ordering::Relaxed);
+                            self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), true).await;
+                            return End::Closed;
+                        }
                         if !send(ws, frame(self.protocol, merge(frames))).await {
-                            return;
+                            return End::Lost;
                         }
                         last_sent = Instant::now();
                     }
                 },
                 incoming = ws.next() => {
                     last_recv = Instant::now();
-                    if let Next::Stop = Box::pin(self.on_incoming(ws, incoming)).await {
-                        return;
+                    match Box::pin(self.on_incoming(ws, incoming)).await {
+                        Next::Continue => {}
+                        Next::Stop => return End::Closed,
+                        Next::Lost => return End::Lost,
                     }
                     last_sent = last_sent.max(self.last_reply);
                 }
             }
         }
+    }
+
+    /// Numbers and keeps sent messages for a replay (stateful connections only); false when
+    /// that overflows the replay buffer.
+    fn keep_for_replay<'b>(&mut self, frames: impl Iterator<Item = &'b Bytes>) -> bool {
+        let Some(r) = self.resume.as_mut() else {
+            return true;
+        };
+        for f in frames {
+            r.sent.push(f.clone());
+        }
+        r.sent.bytes() <= self.hubs.settings.reconnect_buffer
+    }
+
+    /// On a reattached socket: `Sequence` (the oldest unacked id), then every unacked message
+    /// in order; the client's messages are ignored until its own `Sequence`.
+    async fn replay<S: Io>(&mut self, ws: &mut Ws<S>) -> Next {
+        let Some(r) = self.resume.as_mut() else {
+            return Next::Continue;
+        };
+        r.inbound.reattached();
+        self.client_pinged = false;
+        let protocol = self.protocol;
+        let mut batch = std::collections::VecDeque::with_capacity(MAX_BATCH);
+        batch.push_back(encode_sequence(protocol, r.sent.first_unacked()));
+        let replayed = r.sent.len();
+        for f in r.sent.frames() {
+            if batch.len() == MAX_BATCH {
+                if !send(ws, frame(protocol, merge(std::mem::take(&mut batch)))).await {
+                    return Next::Lost;
+                }
+            }
+            batch.push_back(f.clone());
+        }
+        if !send(ws, frame(protocol, merge(batch))).await {
+            return Next::Lost;
+        }
+        self.hubs
+            .metrics
+            .hub_replayed
+            .fetch_add(replayed as u64, Ordering::Relaxed);
+        tracing::debug!(parent: &self.who.span(), replayed, "reattached");
+        Next::Continue
+    }
+
+    /// A stateful connection without a socket: keeps buffering its events until a new socket
+    /// is handed over, the reconnect window passes, the buffer overflows or the server stops
+    /// (then `None`: the connection ends and the client must start over).
+    async fn park(&mut self, out: &Outbound) -> Option<Reattach> {
+        let handoff = self.resume.as_ref()?.handoff.clone();
+        let hubs = self.hubs;
+        let metrics = &hubs.metrics;
+        metrics.hub_parked.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(parent: &self.who.span(), "socket lost, waiting for the client to reconnect");
+        let deadline = Instant::now() + hubs.settings.reconnect_window;
+        let got = loop {
+            if let Some(re) = handoff.take() {
+                break Some(re);
+            }
+            tokio::select! {
+                biased;
+                _ = hubs.shutdown.cancelled() => break None,
+                _ = handoff.delivered() => {}
+                _ = sleep_until(deadline) => {
+                    metrics.hub_resets_window.fetch_add(1, Ordering::Relaxed);
+                    break None;
+                }
+                queued = std::future::poll_fn(|cx| out.poll_next(cx)) => match queued {
+                    Queued::Frames(frames) if self.keep_for_replay(frames.iter()) => {}
+                    _ => {
+                        metrics.hub_resets_overflow.fetch_add(1, Ordering::Relaxed);
+                        break None;
+                    }
+                },
+            }
+        };
+        metrics.hub_parked.fetch_sub(1, Ordering::Relaxed);
+        if got.is_none() {
+            tracing::debug!(parent: &self.who.span(), "not reconnected: connection dropped");
+        }
+        got
     }
 
     /// Handles one item from the socket: decodes and answers complete messages.
@@ -327,14 +502,14 @@ impl Conn<'_> {
             Some(Ok(Message::Ping(_)))
             | Some(Ok(Message::Pong(_)))
             | Some(Ok(Message::Frame(_))) => return Next::Continue,
-            Some(Ok(Message::Close(_))) | None => return Next::Stop,
+            Some(Ok(Message::Close(_))) | None => return Next::Lost,
             Some(Err(WsError::Capacity(_))) => {
                 self.too_large(ws).await;
                 return Next::Stop;
             }
             Some(Err(e)) => {
                 tracing::debug!(parent: &self.who.span(), error = %e, "socket error");
-                return Next::Stop;
+                return Next::Lost;
             }
         };
         self.on_payload(ws, &payload).await
@@ -373,11 +548,10 @@ impl Conn<'_> {
         loop {
             match decoder.next_message() {
                 Ok(None) => return Next::Continue,
-                Ok(Some(msg)) => {
-                    if let Next::Stop = self.on_message(ws, msg).await {
-                        return Next::Stop;
-                    }
-                }
+                Ok(Some(msg)) => match self.on_message(ws, msg).await {
+                    Next::Continue => {}
+                    other => return other,
+                },
                 Err(e) if e.is_too_large() => {
                     self.too_large(ws).await;
                     return Next::Stop;
@@ -399,15 +573,32 @@ impl Conn<'_> {
     }
 
     async fn reply<S: Io>(&mut self, ws: &mut Ws<S>, bytes: Bytes) -> Next {
+        if !self.keep_for_replay(std::iter::once(&bytes)) {
+            tracing::info!(parent: &self.who.span(), "replay buffer full, closing");
+            self.hubs
+                .metrics
+                .hub_resets_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), true)
+                .await;
+            return Next::Stop;
+        }
         if send(ws, frame(self.protocol, bytes)).await {
             self.last_reply = Instant::now();
             Next::Continue
         } else {
-            Next::Stop
+            Next::Lost
         }
     }
 
     async fn on_message<S: Io>(&mut self, ws: &mut Ws<S>, msg: ClientMessage) -> Next {
+        if let Some(r) = self.resume.as_mut() {
+            // Stateful: count the client's messages; skip what it resends after a reconnect
+            // and everything before its Sequence.
+            if msg.is_sequenced() && !r.inbound.accept() {
+                return Next::Continue;
+            }
+        }
         match msg {
             ClientMessage::Invocation {
                 invocation_id,
@@ -446,8 +637,35 @@ impl Conn<'_> {
                 let _ = ws.close(None).await;
                 Next::Stop
             }
+            ClientMessage::Ack { sequence_id } => {
+                if let Some(r) = self.resume.as_mut() {
+                    r.sent.ack(sequence_id);
+                }
+                Next::Continue
+            }
+            ClientMessage::Sequence { sequence_id } => {
+                let ahead = self
+                    .resume
+                    .as_mut()
+                    .is_some_and(|r| r.inbound.sequence(sequence_id).is_err());
+                if ahead {
+                    tracing::debug!(parent: &self.who.span(), "client Sequence beyond what it sent, closing");
+                    self.close(ws, Some(proto::CONNECTION_CLOSED_WITH_ERROR), false)
+                        .await;
+                    return Next::Stop;
+                }
+                Next::Continue
+            }
             _ => Next::Continue,
         }
+    }
+}
+
+/// Resolves when a new socket is handed to this connection (never without a handoff).
+async fn delivered(handoff: Option<&Handoff>) {
+    match handoff {
+        Some(h) => h.delivered().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `outbound.rs`: a connection's bounded queue; `methods.rs`: the hub methods;
 //!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and the sealed
 //!   connection tokens; `quota.rs`: the per-user caps on connections and subscriptions;
+//!   `resume.rs`: stateful reconnect (replay buffer, sequence ids, the reattach registry);
 //! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
 //!   through which subscriptions change (table and gauge together), and the dispatcher.
 
@@ -18,10 +19,13 @@ mod negotiate;
 mod outbound;
 pub mod protocol;
 mod quota;
+mod resume;
 mod subscriptions;
 
+pub use connection::Io;
 pub use negotiate::{negotiate_body, query_value, ConnectionTokens, TokenRefusal};
 pub use outbound::Outbound;
+pub use resume::{Handoff, Reattach, ReattachRefusal};
 pub use subscriptions::{Counts, SubscriptionTable};
 
 use crate::domain::{EventKind, OrderEvent, Principal};
@@ -90,6 +94,12 @@ pub struct HubSettings {
     pub silent_timeout: Duration,
     /// Origins allowed to call the hubs from a browser (CORS); `None` allows any origin.
     pub cors_origins: Option<Vec<String>>,
+    /// Stateful reconnect: unacked bytes kept per connection for a replay (ASP.NET's
+    /// `StatefulReconnectBufferSize`); 0 turns stateful reconnect off.
+    pub reconnect_buffer: usize,
+    /// Stateful reconnect: how long a connection whose socket dropped waits to be reattached
+    /// (ASP.NET's `DisconnectTimeout`).
+    pub reconnect_window: Duration,
 }
 
 impl Default for HubSettings {
@@ -106,6 +116,8 @@ impl Default for HubSettings {
             max_subscriptions_per_user: 500,
             silent_timeout: Duration::from_secs(120),
             cors_origins: None,
+            reconnect_buffer: 100_000,
+            reconnect_window: Duration::from_secs(15),
         }
     }
 }
@@ -143,6 +155,17 @@ pub struct Admission {
     hubs: Arc<Hubs>,
     id: u64,
     usage: Arc<UserUsage>,
+    /// The connection token, when negotiate granted stateful reconnect.
+    resume_token: Option<Box<str>>,
+}
+
+impl Admission {
+    /// The connection was negotiated with stateful reconnect under `token`: if its handshake
+    /// asks for version 2 it can be reattached by a new WebSocket presenting that token.
+    pub fn resumable(mut self, token: &str) -> Self {
+        self.resume_token = Some(token.into());
+        self
+    }
 }
 
 /// Why a connection was not admitted.
@@ -172,6 +195,8 @@ pub struct Hubs {
     orders: SubscriptionTable<Arc<Outbound>>,
     restaurants: SubscriptionTable<Arc<Outbound>>,
     tokens: ConnectionTokens,
+    /// Stateful connections that a new WebSocket may reattach, by connection token.
+    resumable: resume::Resumable,
     /// Connections and subscriptions per user.
     users: UserQuotas,
     connections: AtomicUsize,
@@ -195,6 +220,7 @@ impl Hubs {
             orders: SubscriptionTable::new(64),
             restaurants: SubscriptionTable::new(64),
             tokens: ConnectionTokens::default(),
+            resumable: resume::Resumable::default(),
             users: UserQuotas::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -219,14 +245,35 @@ impl Hubs {
     }
 
     /// The negotiate answer (JSON text) for `user`'s request with `query`: its connection
-    /// token is sealed and bound to `user`.
+    /// token is sealed and bound to `user`. Stateful reconnect is granted when the client asks
+    /// and the replay buffer is not turned off.
     pub fn negotiate(&self, query: Option<&str>, user: Uuid) -> String {
-        negotiate_body(query, &self.tokens, user)
+        negotiate::negotiate_body_with(
+            query,
+            &self.tokens,
+            user,
+            self.settings.reconnect_buffer > 0,
+        )
+    }
+
+    /// The waiting (or still live) stateful connection that a new WebSocket presenting `token`
+    /// reattaches to: `Ok(None)` when there is none (never stateful, or its window passed),
+    /// refused when it is another user's (counted).
+    pub fn find_resumable(
+        &self,
+        token: &str,
+        user: Uuid,
+    ) -> Result<Option<Arc<Handoff>>, ReattachRefusal> {
+        self.resumable.find(token, user).inspect_err(|_| {
+            self.metrics
+                .hub_refused(HubRefusal::OtherUsersConnectionToken)
+        })
     }
 
     /// Claims a negotiated connection token for `user` (unknown, expired, used or another
-    /// user's: refused, and the refusal counted).
-    pub fn take_negotiated(&self, token: &str, user: Uuid) -> Result<(), TokenRefusal> {
+    /// user's: refused, and the refusal counted). `Ok(true)`: negotiate granted it stateful
+    /// reconnect.
+    pub fn take_negotiated(&self, token: &str, user: Uuid) -> Result<bool, TokenRefusal> {
         self.tokens.take(token, user).inspect_err(|r| {
             self.metrics.hub_refused(match r {
                 TokenRefusal::Unknown => HubRefusal::UnknownConnectionToken,
@@ -263,6 +310,7 @@ impl Hubs {
             hubs: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             usage,
+            resume_token: None,
         })
     }
 

@@ -20,7 +20,8 @@ use uuid::Uuid;
 /// A negotiated connection must open its WebSocket within this time.
 pub const TOKEN_TTL: Duration = Duration::from_secs(15);
 
-const BODY: usize = 16; // expiry (ms since the epoch, u64 BE) + 8 random bytes
+const BODY: usize = 16; // expiry (ms since the epoch, u64 BE) + 8 random bytes, the last bit
+                        // of which says whether stateful reconnect was granted
 const SEAL: usize = 16; // HMAC over the body: the server made it
 const BIND: usize = 8; // HMAC over the body and the user id: for whom
 const RAW: usize = BODY + SEAL + BIND;
@@ -76,14 +77,17 @@ impl ConnectionTokens {
 
     /// A token for `user`, good until `TOKEN_TTL` from now.
     pub fn mint(&self, user: Uuid) -> String {
-        self.mint_at(user, now_ms())
+        self.mint_at(user, now_ms(), false)
     }
 
-    fn mint_at(&self, user: Uuid, now_ms: u64) -> String {
+    /// A token whose connection may use stateful reconnect when `stateful` (the grant is
+    /// sealed in with the rest).
+    fn mint_at(&self, user: Uuid, now_ms: u64, stateful: bool) -> String {
         let mut raw = [0u8; RAW];
         let expires = now_ms.saturating_add(TOKEN_TTL.as_millis() as u64);
         raw[..8].copy_from_slice(&expires.to_be_bytes());
         raw[8..BODY].copy_from_slice(&rand::random::<[u8; 8]>());
+        raw[BODY - 1] = (raw[BODY - 1] & !1) | u8::from(stateful);
         let seal = self.mac(b"seal", &[&raw[..BODY]]).finalize().into_bytes();
         raw[BODY..BODY + SEAL].copy_from_slice(&seal[..SEAL]);
         let bind = self
@@ -95,8 +99,9 @@ impl ConnectionTokens {
     }
 
     /// Uses `token` for one connection: it must have been minted here for `user`, not be
-    /// expired, and not have opened a connection before.
-    pub fn take(&self, token: &str, user: Uuid) -> Result<(), TokenRefusal> {
+    /// expired, and not have opened a connection before. `Ok(true)`: negotiate granted
+    /// stateful reconnect to it.
+    pub fn take(&self, token: &str, user: Uuid) -> Result<bool, TokenRefusal> {
         let now = now_ms();
         let (expires, nonce) = self.check_at(token, user, now)?;
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
@@ -111,7 +116,7 @@ impl ConnectionTokens {
             return Err(TokenRefusal::Unknown);
         }
         used.by_expiry.push_back((expires, nonce));
-        Ok(())
+        Ok(nonce & 1 == 1)
     }
 
     /// Whether `token` was minted here for `user` and has not expired (it may have been used).
@@ -160,13 +165,27 @@ pub fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// What negotiate answers `user`, as JSON text.
+/// What negotiate answers `user`, as JSON text (stateful reconnect granted when asked).
 pub fn negotiate_body(query: Option<&str>, tokens: &ConnectionTokens, user: Uuid) -> String {
+    negotiate_body_with(query, tokens, user, true)
+}
+
+/// What negotiate answers `user`; stateful reconnect is granted only when `allow_stateful` and
+/// the query asks for it (`useStatefulReconnect=true`, key case-insensitive, as ASP.NET).
+pub fn negotiate_body_with(
+    query: Option<&str>,
+    tokens: &ConnectionTokens,
+    user: Uuid,
+    allow_stateful: bool,
+) -> String {
     let version = match negotiate_version(query) {
         Ok(v) => v,
         Err(msg) => return serde_json::json!({ "error": msg }).to_string(),
     };
-    let token = tokens.mint(user);
+    let stateful = allow_stateful
+        && query_value(query, "useStatefulReconnect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let token = tokens.mint_at(user, now_ms(), stateful);
     // Version 0 clients connect with the connection id, so there it is the token itself.
     let connection_id = if version >= 1 {
         random_token()
@@ -176,22 +195,24 @@ pub fn negotiate_body(query: Option<&str>, tokens: &ConnectionTokens, user: Uuid
     let transports = serde_json::json!([
         { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }
     ]);
-    if version >= 1 {
+    let mut body = if version >= 1 {
         serde_json::json!({
             "negotiateVersion": 1,
             "connectionId": connection_id,
             "connectionToken": token,
             "availableTransports": transports,
         })
-        .to_string()
     } else {
         serde_json::json!({
             "negotiateVersion": 0,
             "connectionId": connection_id,
             "availableTransports": transports,
         })
-        .to_string()
+    };
+    if stateful {
+        body["useStatefulReconnect"] = serde_json::Value::Bool(true);
     }
+    body.to_string()
 }
 
 /// `negotiateVersion` from the query (key matched case-insensitively): missing → 0, above the
@@ -263,10 +284,30 @@ mod tests {
     }
 
     #[test]
+    fn stateful_reconnect_is_granted_only_when_asked_and_allowed() {
+        let tokens = ConnectionTokens::default();
+        let me = Uuid::from_u128(1);
+        let answer = |q: &str, allow: bool| -> serde_json::Value {
+            serde_json::from_str(&negotiate_body_with(Some(q), &tokens, me, allow)).unwrap()
+        };
+        let asked = "negotiateVersion=1&UseStatefulReconnect=true";
+        let granted = answer(asked, true);
+        assert_eq!(granted["useStatefulReconnect"], true);
+        let token = granted["connectionToken"].as_str().unwrap();
+        assert_eq!(tokens.take(token, me), Ok(true));
+        for (q, allow) in [(asked, false), ("negotiateVersion=1", true)] {
+            let plain = answer(q, allow);
+            assert!(plain.get("useStatefulReconnect").is_none(), "{q} {allow}");
+            let token = plain["connectionToken"].as_str().unwrap();
+            assert_eq!(tokens.take(token, me), Ok(false));
+        }
+    }
+
+    #[test]
     fn a_token_is_bound_to_its_user_and_expires() {
         let tokens = ConnectionTokens::default();
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        let t = tokens.mint_at(a, 1_000);
+        let t = tokens.mint_at(a, 1_000, false);
         assert!(t
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
@@ -285,7 +326,7 @@ mod tests {
         // A live token opens one connection only; another user cannot spend it.
         let live = tokens.mint(a);
         assert_eq!(tokens.take(&live, b), Err(TokenRefusal::OtherUser));
-        assert_eq!(tokens.take(&live, a), Ok(()));
+        assert_eq!(tokens.take(&live, a), Ok(false));
         assert_eq!(tokens.take(&live, a), Err(TokenRefusal::Unknown));
         let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&t)

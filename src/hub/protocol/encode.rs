@@ -66,6 +66,17 @@ pub fn encode_close(protocol: Protocol, error: Option<&str>, allow_reconnect: bo
     }
 }
 
+/// A framed Ack (type 8, stateful reconnect): every message up to `sequence_id` arrived. The
+/// shape is the same in both directions, so the client-side writer serves.
+pub fn encode_ack(protocol: Protocol, sequence_id: u64) -> Bytes {
+    super::encode_client_message(protocol, &super::ClientMessage::Ack { sequence_id })
+}
+
+/// A framed Sequence (type 9, stateful reconnect): the id of the next message that follows.
+pub fn encode_sequence(protocol: Protocol, sequence_id: u64) -> Bytes {
+    super::encode_client_message(protocol, &super::ClientMessage::Sequence { sequence_id })
+}
+
 /// A framed Completion for `invocation_id`.
 pub fn encode_completion(protocol: Protocol, invocation_id: &str, outcome: Outcome<'_>) -> Bytes {
     match protocol {

@@ -46,12 +46,27 @@ pub enum ClientMessage {
         error: Option<String>,
         allow_reconnect: bool,
     },
-    /// Type 8 (stateful reconnect, not implemented); ignored.
+    /// Type 8 (stateful reconnect): the peer received every message up to `sequence_id`.
     Ack { sequence_id: u64 },
-    /// Type 9 (stateful reconnect, not implemented); ignored.
+    /// Type 9 (stateful reconnect): the id of the next message the peer sends after a reconnect.
     Sequence { sequence_id: u64 },
     /// Any other type; ignored for forward compatibility.
     Unknown { message_type: i64 },
+}
+
+impl ClientMessage {
+    /// Whether stateful reconnect numbers this message (invocations, stream items, completions,
+    /// stream invocations, cancels); pings, closes, acks and sequences are not counted.
+    pub fn is_sequenced(&self) -> bool {
+        matches!(
+            self,
+            ClientMessage::Invocation { .. }
+                | ClientMessage::StreamItem { .. }
+                | ClientMessage::Completion { .. }
+                | ClientMessage::StreamInvocation { .. }
+                | ClientMessage::CancelInvocation { .. }
+        )
+    }
 }
 
 /// Why the inbound stream cannot be decoded. Either error ends the connection.

@@ -26,9 +26,9 @@ pub use client::{
     split_json_records,
 };
 pub use encode::{
-    encode_close, encode_completion, encode_event, encode_invocation, encode_ping,
-    hub_exception_error, invocation_failed_error, streaming_invocation_of_plain_method_error,
-    unauthorized_error, unknown_method_error, Outcome,
+    encode_ack, encode_close, encode_completion, encode_event, encode_invocation, encode_ping,
+    encode_sequence, hub_exception_error, invocation_failed_error,
+    streaming_invocation_of_plain_method_error, unauthorized_error, unknown_method_error, Outcome,
 };
 pub use framing::Decoder;
 pub use handshake::{
