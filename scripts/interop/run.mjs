@@ -1025,6 +1025,277 @@ for (const protocol of PROTOCOLS) {
   );
 }
 
+// ------------------------------------------------------------------ r: stateful reconnect
+// The official client with `.withStatefulReconnect()` talks to the server through a TCP proxy
+// (node `net`) that the scenario cuts mid-stream while REST changes statuses in a loop. The
+// client must come back on the SAME connection (no onreconnecting, same connectionId, no
+// resubscribe) and see every event exactly once, in order; a client that comes back after the
+// reconnect window is refused (404) and starts over through withAutomaticReconnect.
+
+// A TCP proxy that can cut every piped connection and hold new ones for a while.
+function startCutProxy(targetPort) {
+  const pairs = new Set();
+  let holdUntil = 0;
+  let accepted = 0;
+  const server = net.createServer((down) => {
+    accepted += 1;
+    down.pause();
+    const wait = Math.max(0, holdUntil - Date.now());
+    setTimeout(() => {
+      if (down.destroyed) return;
+      const up = net.connect(targetPort, "127.0.0.1");
+      const pair = { up, down };
+      pairs.add(pair);
+      const drop = () => {
+        pairs.delete(pair);
+        up.destroy();
+        down.destroy();
+      };
+      up.on("error", drop).on("close", drop);
+      down.on("error", drop).on("close", drop);
+      up.pipe(down);
+      down.pipe(up);
+      down.resume();
+    }, wait);
+  });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () => {
+      resolve({
+        base: `http://127.0.0.1:${server.address().port}`,
+        accepted: () => accepted,
+        // Drops every connection now; new ones wait `holdMs` before they reach the server.
+        cut(holdMs = 0) {
+          holdUntil = Date.now() + holdMs;
+          for (const { up, down } of pairs) {
+            up.destroy();
+            down.destroy();
+          }
+          pairs.clear();
+        },
+        close: () => new Promise((r) => {
+          for (const { up, down } of pairs) {
+            up.destroy();
+            down.destroy();
+          }
+          server.close(() => r());
+        }),
+      });
+    });
+  });
+}
+
+// A server metric's value (sum over its labels when `label` is not given).
+async function metricValue(base, name, label) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (!(rest.startsWith(" ") || rest.startsWith("{"))) continue;
+    if (label && !rest.includes(label)) continue;
+    sum += Number(line.split(" ").pop());
+  }
+  return sum;
+}
+
+// Places `orders` cash orders at the restaurant and accepts each; the proxy is cut (with a hold,
+// so events pile up on the server) after `cutAfter` of them. Returns the [event, orderId,
+// status] list the restaurant must see, in commit order.
+async function flowWithCut(restaurantId, proxy, { orders = 8, cutAfter = 3, holdMs = 800 } = {}) {
+  const staff = await newStaff(restaurantId);
+  const expected = [];
+  for (let i = 0; i < orders; i++) {
+    if (i === cutAfter) proxy.cut(holdMs);
+    const customer = await newCustomer();
+    const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    expected.push(["ReceiveOrderPlaced", order.orderId, "Placed"]);
+    await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    expected.push(["ReceiveOrderStatusChanged", order.orderId, "Accepted"]);
+  }
+  return expected;
+}
+
+function statefulConnection(base, token, protocol, sink) {
+  const wire = protocol === "msgpack" ? new MessagePackHubProtocol() : new signalR.JsonHubProtocol();
+  const conn = new signalR.HubConnectionBuilder()
+    .withUrl(base + RESTAURANT_HUB, { accessTokenFactory: () => token })
+    .withHubProtocol(wire)
+    .withStatefulReconnect()
+    .withAutomaticReconnect([0, 200, 500, 1000, 1000, 2000])
+    .configureLogging(sink.logger)
+    .build();
+  for (const name of EVENT_NAMES) {
+    conn.on(name, (dto) => {
+      sink.events.push([name, dto.orderId, dto.status, dto.eventId]);
+    });
+  }
+  conn.onreconnecting(() => sink.reconnecting.push(Date.now()));
+  conn.onreconnected((id) => sink.reconnected.push(id));
+  conn.onclose((e) => sink.closed.push(e ?? null));
+  return conn;
+}
+
+function checkExactlyOnce(got, expected, label) {
+  const ids = new Set(got.map((e) => e[3]));
+  assertEq(ids.size, got.length, `${label}: duplicate eventIds`);
+  assertEq(
+    JSON.stringify(got.map((e) => e.slice(0, 3))),
+    JSON.stringify(expected),
+    `${label}: events (name, order, status) in order`,
+  );
+}
+
+for (const protocol of PROTOCOLS) {
+  scenario(`r1/${protocol}`, "stateful reconnect: socket cut mid-stream, same connection, every event once", async (ctx) => {
+    const proxy = await startCutProxy(new URL(state.base).port);
+    ctx.defer(() => proxy.close());
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const sink = { events: [], reconnecting: [], reconnected: [], closed: [], logger: new CaptureLogger(`r1/${protocol}`) };
+    const conn = statefulConnection(proxy.base, staff.token, protocol, sink);
+    ctx.defer(() => conn.stop());
+    const resumesBefore = await metricValue(state.base, "ordertrack_hub_resumes_total");
+    const replayedBefore = await metricValue(state.base, "ordertrack_hub_replayed_messages_total");
+    await withTimeout(conn.start(), WAIT_MS, "start()");
+    assert(conn.connection.features.reconnect === true, "the client did not get stateful reconnect from negotiate");
+    const id = conn.connectionId;
+    await withTimeout(conn.invoke("SubscribeToRestaurant", restaurantId), WAIT_MS, "SubscribeToRestaurant");
+    const expected = await flowWithCut(restaurantId, proxy);
+    await waitUntil(() => sink.events.length >= expected.length, `all ${expected.length} events`).catch((e) => {
+      throw new Error(`${e.message}; got ${sink.events.length}\n${indent(sink.logger.lines.slice(-10).join("\n"))}`);
+    });
+    await sleep(GRACE_MS);
+    checkExactlyOnce(sink.events, expected, `r1/${protocol}`);
+    assert(proxy.accepted() >= 3, `the client did not open a new socket after the cut (${proxy.accepted()} TCP connections)`);
+    assertEq(sink.reconnecting.length, 0, "onreconnecting calls (a stateful reconnect is invisible to the app)");
+    assertEq(sink.closed.length, 0, "onclose calls");
+    assertEq(conn.connectionId, id, "connectionId after the reconnect");
+    assertEq(conn.state, "Connected", "state");
+    assert(
+      (await metricValue(state.base, "ordertrack_hub_resumes_total")) > resumesBefore,
+      "ordertrack_hub_resumes_total did not move",
+    );
+    // The events committed while the socket was down reached the client by the replay.
+    assert(
+      (await metricValue(state.base, "ordertrack_hub_replayed_messages_total")) > replayedBefore,
+      "nothing was replayed: the cut did not happen while events flowed",
+    );
+  });
+}
+
+scenario("r2/json", "stateful reconnect: a comeback after the window is refused and starts over", async (ctx) => {
+  // A server of its own with a short window (set through the environment).
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ordertrack-r2-"));
+  const srv = new ServerProcess({ port, dataDir: dir, logFile: path.join(dir, "server.log") });
+  process.env.ORDERTRACK_HUB_RECONNECT_WINDOW_MS = "1000";
+  try {
+    await srv.start();
+  } finally {
+    delete process.env.ORDERTRACK_HUB_RECONNECT_WINDOW_MS;
+  }
+  ctx.defer(() => srv.stop());
+  const proxy = await startCutProxy(port);
+  ctx.defer(() => proxy.close());
+  const restaurantId = randomUUID();
+  const staff = await newStaff(restaurantId);
+  const sink = { events: [], reconnecting: [], reconnected: [], closed: [], logger: new CaptureLogger("r2/json") };
+  const conn = statefulConnection(proxy.base, staff.token, "json", sink);
+  ctx.defer(() => conn.stop());
+  conn.onreconnected(() => conn.invoke("SubscribeToRestaurant", restaurantId).catch(() => {}));
+  await withTimeout(conn.start(), WAIT_MS, "start()");
+  const first = conn.connectionId;
+  await conn.invoke("SubscribeToRestaurant", restaurantId);
+  proxy.cut(2500);
+  await waitUntil(() => sink.reconnected.length > 0 || sink.closed.length > 0, "onreconnected after the window", 15_000);
+  assertEq(sink.closed.length, 0, "onclose calls");
+  assert(sink.reconnecting.length > 0, "onreconnecting never fired: the client did not start over");
+  assert(conn.connectionId !== first, "the client kept its old connection after the window");
+  assert(
+    (await metricValue(srv.base, "ordertrack_hub_resets_total", 'reason="window"')) >= 1,
+    "ordertrack_hub_resets_total{reason=window} did not move",
+  );
+  // The new connection works (the app resubscribed in onreconnected).
+  await sleep(300);
+  const customer = await newCustomer();
+  const res = await fetch(`${srv.base}/api/v1/orders`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${(await orderService()).token}` },
+    body: JSON.stringify(orderBody({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" })),
+  });
+  assertEq(res.status, 201, "place an order on the r2 server");
+  await waitUntil(() => sink.events.some((e) => e[0] === "ReceiveOrderPlaced"), "an event on the new connection");
+});
+
+scenario(
+  "r3/json",
+  "browser (Chromium): stateful reconnect through a cut proxy, every event once",
+  async (ctx, env) => {
+    const proxy = await startCutProxy(new URL(state.base).port);
+    ctx.defer(() => proxy.close());
+    const browser = await env.browser();
+    const page = await browser.newPage();
+    ctx.defer(() => page.close());
+    await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
+    await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const started = await withTimeout(
+      page.evaluate(
+        async (cfg) => {
+          const sink = (window.__r = { events: [], reconnecting: 0, closed: 0, log: [] });
+          const conn = new signalR.HubConnectionBuilder()
+            .withUrl(cfg.base + cfg.hub, { accessTokenFactory: () => cfg.token })
+            .withStatefulReconnect()
+            .withAutomaticReconnect()
+            .configureLogging({ log: (level, message) => sink.log.push(level + " " + message) })
+            .build();
+          for (const name of cfg.names) {
+            conn.on(name, (dto) => sink.events.push([name, dto.orderId, dto.status, dto.eventId]));
+          }
+          conn.onreconnecting(() => (sink.reconnecting += 1));
+          conn.onclose(() => (sink.closed += 1));
+          window.__rconn = conn;
+          await conn.start();
+          await conn.invoke("SubscribeToRestaurant", cfg.restaurantId);
+          return { id: conn.connectionId, stateful: conn.connection.features.reconnect === true };
+        },
+        { base: proxy.base, hub: RESTAURANT_HUB, token: staff.token, restaurantId, names: EVENT_NAMES },
+      ),
+      WAIT_MS + 2000,
+      "page: start + SubscribeToRestaurant",
+    );
+    assert(started.stateful, "page: the client did not get stateful reconnect");
+    const replayedBefore = await metricValue(state.base, "ordertrack_hub_replayed_messages_total");
+    const expected = await flowWithCut(restaurantId, proxy);
+    await waitUntil(
+      async () => (await page.evaluate(() => window.__r.events.length)) >= expected.length,
+      `page: all ${expected.length} events`,
+    ).catch(async (e) => {
+      const log = await page.evaluate(() => window.__r.log.slice(-10));
+      throw new Error(`${e.message}\n${indent(log.join("\n"))}`);
+    });
+    await sleep(GRACE_MS);
+    const r = await page.evaluate(() => ({
+      events: window.__r.events,
+      reconnecting: window.__r.reconnecting,
+      closed: window.__r.closed,
+      id: window.__rconn.connectionId,
+    }));
+    checkExactlyOnce(r.events, expected, "page");
+    assert(proxy.accepted() >= 3, `page: no new socket after the cut (${proxy.accepted()} TCP connections)`);
+    assertEq(r.reconnecting, 0, "page: onreconnecting calls");
+    assertEq(r.closed, 0, "page: onclose calls");
+    assertEq(r.id, started.id, "page: connectionId after the reconnect");
+    assert(
+      (await metricValue(state.base, "ordertrack_hub_replayed_messages_total")) > replayedBefore,
+      "page: nothing was replayed: the cut did not happen while events flowed",
+    );
+    await page.evaluate(() => window.__rconn.stop());
+  },
+  { browser: true, timeout: 60_000 },
+);
+
 // ------------------------------------------------------------------ the browser side
 
 const PAGE_HTML = `<!doctype html>
