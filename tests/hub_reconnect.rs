@@ -32,13 +32,18 @@ fn path(id: &str) -> String {
 /// `SubscribeToRestaurant` is the client's message 1 and the server's message 1.
 async fn connect_json(server: &Server, cast: &Cast, handshake: &str) -> (JsonHub, String) {
     let id = negotiate_stateful(server.port, &cast.staff_token).await;
-    let mut ws = ws_connect(server.port, &path(&id), Some(&cast.staff_token))
+    let mut hub = open(server.port, &id, &cast.staff_token, handshake).await;
+    hub.subscribe_restaurant(cast.restaurant).await;
+    (hub, id)
+}
+
+/// Upgrades with the connection token `id` and shakes hands with `handshake`.
+async fn open(port: u16, id: &str, token: &str, handshake: &str) -> JsonHub {
+    let mut ws = ws_connect(port, &path(id), Some(token))
         .await
         .expect("upgrade");
     send_text(&mut ws, handshake).await;
-    let mut hub = JsonHub::expect_handshake_ok(ws).await;
-    hub.subscribe_restaurant(cast.restaurant).await;
-    (hub, id)
+    JsonHub::expect_handshake_ok(ws).await
 }
 
 /// Waits until the server has parked `n` connections (the socket drop was noticed).
@@ -319,5 +324,153 @@ async fn a_new_socket_replaces_one_the_server_still_thinks_alive() {
     assert_eq!(
         blocking(|| metric(&server, "ordertrack_hub_connections")),
         1.0
+    );
+}
+
+// ---- measurements (ignored; run by hand, numbers in docs/performance.md) ---------------------
+//
+//   cargo build --release --bin ordertrack
+//   OT_SERVER_BIN=target/release/ordertrack cargo test --test hub_reconnect -- --ignored --nocapture --test-threads 1
+
+/// The server's CPU time so far (utime + stime), in clock ticks (100 per second here).
+fn cpu_ticks(server: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).expect("stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the line; `after_name` starts at field 3.
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Reattaches to `id` and reads `records` JSON records (the Sequence and the replay).
+async fn reattach_and_read(port: u16, id: &str, token: &str, records: usize) {
+    let mut ws = ws_connect(port, &path(id), Some(token))
+        .await
+        .expect("reattach");
+    let mut seen = 0;
+    while seen < records {
+        match next_frame(&mut ws, WAIT).await {
+            Some(Frame::Text(t)) => seen += t.matches(RS).count(),
+            other => panic!("replay stopped after {seen} of {records} records: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_replay_cost() {
+    let n: usize = std::env::var("OT_REPLAY_N").map_or(5000, |v| v.parse().expect("N"));
+    let cycles = 40;
+    let server = blocking(|| {
+        Server::start_with(&[
+            "--hub-reconnect-buffer-bytes",
+            "100000000",
+            "--hub-reconnect-window-ms",
+            "600000",
+        ])
+    });
+    let cast = blocking(Cast::new);
+    // `full` keeps everything unacked (its completion and N events); `empty` never had a message.
+    let (full, full_id) = connect_json(&server, &cast, JSON_V2).await;
+    let empty_id = negotiate_stateful(server.port, &cast.staff_token).await;
+    let empty = open(server.port, &empty_id, &cast.staff_token, JSON_V2).await;
+    drop((full, empty));
+    wait_parked(&server, 2.0).await;
+    blocking(|| place_many(&server, &cast, n, 4));
+    for _ in 0..400 {
+        if blocking(|| metric(&server, "ordertrack_events_dispatched_total")) >= n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut with_n, mut with_0) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (id, records, sink) in [(&full_id, n + 2, &mut with_n), (&empty_id, 1, &mut with_0)] {
+            let before = cpu_ticks(&server);
+            for _ in 0..cycles {
+                reattach_and_read(server.port, id, &cast.staff_token, records).await;
+            }
+            let ms = (cpu_ticks(&server) - before) as f64 * 10.0 / cycles as f64;
+            sink.push(ms);
+        }
+    }
+    let (a, b) = (median(with_n.clone()), median(with_0.clone()));
+    println!(
+        "replay: {n} buffered messages, {cycles} reconnects per round, 3 alternating rounds\n\
+         server CPU per reconnect: {a:.2} ms with {n} replayed ({with_n:?}), {b:.2} ms with none ({with_0:?})\n\
+         replay cost: {:.2} ms per reconnect, {:.2} µs per replayed message",
+        a - b,
+        (a - b) * 1000.0 / n as f64
+    );
+}
+
+/// Opens `count` subscribed connections, stateful (negotiated, handshake v2, completion acked)
+/// or not, and returns them (held open by the caller).
+async fn open_idle(server: &Server, cast: &Cast, count: usize, stateful: bool) -> Vec<JsonHub> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (id, handshake) = if stateful {
+            (
+                negotiate_stateful(server.port, &cast.staff_token).await,
+                JSON_V2,
+            )
+        } else {
+            (
+                negotiate_token(server.port, HUB, &cast.staff_token).await,
+                JSON_HANDSHAKE,
+            )
+        };
+        let mut hub = open(server.port, &id, &cast.staff_token, handshake).await;
+        hub.subscribe_restaurant(cast.restaurant).await;
+        if stateful {
+            hub.send(&json!({"type": 8, "sequenceId": 1})).await;
+        }
+        held.push(hub);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_idle_memory_with_and_without_the_buffer() {
+    let count: usize = std::env::var("OT_IDLE_C").map_or(2000, |v| v.parse().expect("C"));
+    let caps = [
+        "--hub-max-connections-per-user",
+        "1000000",
+        "--hub-max-subscriptions-per-user",
+        "1000000",
+    ];
+    let cast = blocking(Cast::new);
+    let (mut plain, mut stateful) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (is_stateful, sink) in [(false, &mut plain), (true, &mut stateful)] {
+            let server = blocking(|| Server::start_with(&caps));
+            let before = rss_kib(&server);
+            let held = open_idle(&server, &cast, count, is_stateful).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = rss_kib(&server);
+            sink.push((after - before) as f64 * 1024.0 / count as f64);
+            drop(held);
+        }
+    }
+    println!(
+        "idle subscribed connections: {count} per server, 3 alternating rounds\n\
+         server RSS per connection: {:.0} B without stateful reconnect ({plain:?}), {:.0} B with it ({stateful:?})",
+        median(plain.clone()),
+        median(stateful.clone())
     );
 }

@@ -434,10 +434,10 @@ impl Conn<'_> {
         batch.push_back(encode_sequence(protocol, r.sent.first_unacked()));
         let replayed = r.sent.len();
         for f in r.sent.frames() {
-            if batch.len() == MAX_BATCH {
-                if !send(ws, frame(protocol, merge(std::mem::take(&mut batch)))).await {
-                    return Next::Lost;
-                }
+            if batch.len() == MAX_BATCH
+                && !send(ws, frame(protocol, merge(std::mem::take(&mut batch)))).await
+            {
+                return Next::Lost;
             }
             batch.push_back(f.clone());
         }

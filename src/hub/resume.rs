@@ -167,10 +167,13 @@ pub(super) struct Resume {
     pub inbound: InboundSequence,
 }
 
+/// The upgrade of a reattaching socket, still to complete (`None`: it failed).
+pub type Opening = Pin<Box<dyn Future<Output = Option<Box<dyn Io>>> + Send>>;
+
 /// A new socket for a resumable connection, handed over by the HTTP side: the upgrade still
 /// to complete, the token's new expiry, and the server's slot for the new TCP connection.
 pub struct Reattach {
-    pub opened: Pin<Box<dyn Future<Output = Option<Box<dyn Io>>> + Send>>,
+    pub opened: Opening,
     pub expires_at: i64,
     pub slot: Option<SlotGuard>,
 }
