@@ -247,6 +247,25 @@ async fn an_overflowing_replay_buffer_drops_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_connected_client_that_never_acks_is_closed_when_its_buffer_fills() {
+    let server = blocking(|| Server::start_with(&["--hub-reconnect-buffer-bytes", "1500"]));
+    let cast = blocking(Cast::new);
+    let (mut hub, id) = connect_json(&server, &cast, JSON_V2).await;
+    for _ in 0..5 {
+        blocking(|| place(&server, &cast, "CashOnDelivery"));
+    }
+    let (msgs, end) = hub.until_end(WAIT).await;
+    let close = msgs.last().expect("a Close");
+    assert_eq!(
+        *close,
+        json!({"type": 7, "error": "Connection closed with an error.", "allowReconnect": true})
+    );
+    assert!(!matches!(end, Got::Timeout), "the socket stayed open");
+    let r = ws_connect(server.port, &path(&id), Some(&cast.staff_token)).await;
+    assert_eq!(refused_status(r), 404, "the client must start over");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn another_user_cannot_take_a_parked_connection() {
     let (server, cast) = setup();
     let (hub, id) = connect_json(&server, &cast, JSON_V2).await;

@@ -1227,74 +1227,79 @@ scenario("r2/json", "stateful reconnect: a comeback after the window is refused 
   await waitUntil(() => sink.events.some((e) => e[0] === "ReceiveOrderPlaced"), "an event on the new connection");
 });
 
-scenario(
-  "r3/json",
-  "browser (Chromium): stateful reconnect through a cut proxy, every event once",
-  async (ctx, env) => {
-    const proxy = await startCutProxy(new URL(state.base).port);
-    ctx.defer(() => proxy.close());
-    const browser = await env.browser();
-    const page = await browser.newPage();
-    ctx.defer(() => page.close());
-    await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
-    await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
-    const restaurantId = randomUUID();
-    const staff = await newStaff(restaurantId);
-    const started = await withTimeout(
-      page.evaluate(
-        async (cfg) => {
-          const sink = (window.__r = { events: [], reconnecting: 0, closed: 0, log: [] });
-          const conn = new signalR.HubConnectionBuilder()
-            .withUrl(cfg.base + cfg.hub, { accessTokenFactory: () => cfg.token })
-            .withStatefulReconnect()
-            .withAutomaticReconnect()
-            .configureLogging({ log: (level, message) => sink.log.push(level + " " + message) })
-            .build();
-          for (const name of cfg.names) {
-            conn.on(name, (dto) => sink.events.push([name, dto.orderId, dto.status, dto.eventId]));
-          }
-          conn.onreconnecting(() => (sink.reconnecting += 1));
-          conn.onclose(() => (sink.closed += 1));
-          window.__rconn = conn;
-          await conn.start();
-          await conn.invoke("SubscribeToRestaurant", cfg.restaurantId);
-          return { id: conn.connectionId, stateful: conn.connection.features.reconnect === true };
-        },
-        { base: proxy.base, hub: RESTAURANT_HUB, token: staff.token, restaurantId, names: EVENT_NAMES },
-      ),
-      WAIT_MS + 2000,
-      "page: start + SubscribeToRestaurant",
-    );
-    assert(started.stateful, "page: the client did not get stateful reconnect");
-    const replayedBefore = await metricValue(state.base, "ordertrack_hub_replayed_messages_total");
-    const expected = await flowWithCut(restaurantId, proxy);
-    await waitUntil(
-      async () => (await page.evaluate(() => window.__r.events.length)) >= expected.length,
-      `page: all ${expected.length} events`,
-    ).catch(async (e) => {
-      const log = await page.evaluate(() => window.__r.log.slice(-10));
-      throw new Error(`${e.message}\n${indent(log.join("\n"))}`);
-    });
-    await sleep(GRACE_MS);
-    const r = await page.evaluate(() => ({
-      events: window.__r.events,
-      reconnecting: window.__r.reconnecting,
-      closed: window.__r.closed,
-      id: window.__rconn.connectionId,
-    }));
-    checkExactlyOnce(r.events, expected, "page");
-    assert(proxy.accepted() >= 3, `page: no new socket after the cut (${proxy.accepted()} TCP connections)`);
-    assertEq(r.reconnecting, 0, "page: onreconnecting calls");
-    assertEq(r.closed, 0, "page: onclose calls");
-    assertEq(r.id, started.id, "page: connectionId after the reconnect");
-    assert(
-      (await metricValue(state.base, "ordertrack_hub_replayed_messages_total")) > replayedBefore,
-      "page: nothing was replayed: the cut did not happen while events flowed",
-    );
-    await page.evaluate(() => window.__rconn.stop());
-  },
-  { browser: true, timeout: 60_000 },
-);
+for (const protocol of PROTOCOLS) {
+  scenario(
+    `r3/${protocol}`,
+    "browser (Chromium): stateful reconnect through a cut proxy, every event once",
+    async (ctx, env) => {
+      const proxy = await startCutProxy(new URL(state.base).port);
+      ctx.defer(() => proxy.close());
+      const browser = await env.browser();
+      const page = await browser.newPage();
+      ctx.defer(() => page.close());
+      await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
+      await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+      const restaurantId = randomUUID();
+      const staff = await newStaff(restaurantId);
+      const started = await withTimeout(
+        page.evaluate(
+          async (cfg) => {
+            const sink = (window.__r = { events: [], reconnecting: 0, closed: 0, log: [] });
+            let builder = new signalR.HubConnectionBuilder()
+              .withUrl(cfg.base + cfg.hub, { accessTokenFactory: () => cfg.token })
+              .withStatefulReconnect()
+              .withAutomaticReconnect()
+              .configureLogging({ log: (level, message) => sink.log.push(level + " " + message) });
+            if (cfg.protocol === "msgpack") {
+              builder = builder.withHubProtocol(new signalR.protocols.msgpack.MessagePackHubProtocol());
+            }
+            const conn = builder.build();
+            for (const name of cfg.names) {
+              conn.on(name, (dto) => sink.events.push([name, dto.orderId, dto.status, dto.eventId]));
+            }
+            conn.onreconnecting(() => (sink.reconnecting += 1));
+            conn.onclose(() => (sink.closed += 1));
+            window.__rconn = conn;
+            await conn.start();
+            await conn.invoke("SubscribeToRestaurant", cfg.restaurantId);
+            return { id: conn.connectionId, stateful: conn.connection.features.reconnect === true };
+          },
+          { base: proxy.base, hub: RESTAURANT_HUB, token: staff.token, restaurantId, names: EVENT_NAMES, protocol },
+        ),
+        WAIT_MS + 2000,
+        "page: start + SubscribeToRestaurant",
+      );
+      assert(started.stateful, "page: the client did not get stateful reconnect");
+      const replayedBefore = await metricValue(state.base, "ordertrack_hub_replayed_messages_total");
+      const expected = await flowWithCut(restaurantId, proxy);
+      await waitUntil(
+        async () => (await page.evaluate(() => window.__r.events.length)) >= expected.length,
+        `page: all ${expected.length} events`,
+      ).catch(async (e) => {
+        const log = await page.evaluate(() => window.__r.log.slice(-10));
+        throw new Error(`${e.message}\n${indent(log.join("\n"))}`);
+      });
+      await sleep(GRACE_MS);
+      const r = await page.evaluate(() => ({
+        events: window.__r.events,
+        reconnecting: window.__r.reconnecting,
+        closed: window.__r.closed,
+        id: window.__rconn.connectionId,
+      }));
+      checkExactlyOnce(r.events, expected, "page");
+      assert(proxy.accepted() >= 3, `page: no new socket after the cut (${proxy.accepted()} TCP connections)`);
+      assertEq(r.reconnecting, 0, "page: onreconnecting calls");
+      assertEq(r.closed, 0, "page: onclose calls");
+      assertEq(r.id, started.id, "page: connectionId after the reconnect");
+      assert(
+        (await metricValue(state.base, "ordertrack_hub_replayed_messages_total")) > replayedBefore,
+        "page: nothing was replayed: the cut did not happen while events flowed",
+      );
+      await page.evaluate(() => window.__rconn.stop());
+    },
+    { browser: true, timeout: 60_000 },
+  );
+}
 
 // ------------------------------------------------------------------ the browser side
 
