@@ -62,6 +62,17 @@ fn frame(protocol: Protocol, bytes: Bytes) -> Message {
     }
 }
 
+/// The WebSocket settings of a hub connection: small buffers (thousands sit idle), messages
+/// bounded by the hub's inbound limit.
+fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
 /// Writes and flushes one message. Boxed: a write in progress (a timer and the message) is
 /// then held only while it lasts, not reserved in every connection's task.
 async fn send<S: Io>(ws: &mut Ws<S>, msg: Message) -> bool {
@@ -170,14 +181,9 @@ pub(super) async fn run<F, S, E>(
     let s = &hubs.settings;
     let (handshake_timeout, max_message, queue_frames) =
         (s.handshake_timeout, s.max_message, s.queue_frames);
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
     // Boxed: the opening steps' state is not kept for the connection's whole life.
     let opened = Box::pin(async move {
+        let cfg = ws_config(max_message);
         let mut ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(cfg)).await;
         let (protocol, version, rest) = handshake(&mut ws, handshake_timeout, who).await?;
         Some((ws, protocol, version, rest))
@@ -222,6 +228,7 @@ pub(super) async fn run<F, S, E>(
             continue;
         };
         slot = re.slot;
+        let cfg = ws_config(hubs.settings.max_message);
         let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(cfg)).await;
         hubs.metrics.hub_resumes.fetch_add(1, Ordering::Relaxed);
         end = Box::pin(conn.serve(&mut ws, &[], &out, re.expires_at, true)).await;
