@@ -414,9 +414,24 @@ fn plain_http_on_the_tls_port_is_answered_400_and_the_server_goes_on() {
     .expect("an answer to plain HTTP");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("Server.TlsRequired"), "{answer}");
-    // A silent connection is closed by the first-byte guard, not held; the server is fine.
     assert_eq!(server.curl(&["/healthz"]).0, 200);
     assert_eq!(server.tls_events("plain_http"), 1.0);
+
+    // A handshake that starts and stalls is cut after the handshake timeout (10 s), not held.
+    use std::io::Read;
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01]).expect("write");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = stalled.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "held for {waited:?}");
+    server.wait_tls_events("handshake_failure", 1.0);
+    assert_eq!(server.curl(&["/healthz"]).0, 200);
 }
 
 #[test]
