@@ -158,6 +158,10 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(pki: &Pki) -> TlsServer {
+        TlsServer::start_with(pki, &[])
+    }
+
+    fn start_with(pki: &Pki, extra: &[&str]) -> TlsServer {
         let data = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = data.path().join("server.log");
@@ -169,6 +173,7 @@ impl TlsServer {
             .arg(pki.path("cert.pem"))
             .arg("--tls-key")
             .arg(pki.path("key.pem"))
+            .args(extra)
             .env("ORDERTRACK_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -637,5 +642,31 @@ fn bad_tls_settings_are_one_line_at_start() {
         assert_ne!(code, Some(0), "{args:?}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn over_the_connection_cap_a_tls_client_is_closed_and_the_held_one_goes_on() {
+    let pki = Pki::new();
+    pki.install("a");
+    let server = TlsServer::start_with(&pki, &["--max-connections-per-ip", "1"]);
+    let mut kept = KeptConnection::open(server.port, &server.ca);
+    assert_eq!(kept.health(), "HTTP/1.1 200 OK");
+    let started = Instant::now();
+    assert_eq!(
+        server.curl(&["/healthz"]).0,
+        0,
+        "the second connection is refused"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    assert_eq!(kept.health(), "HTTP/1.1 200 OK");
+    drop(kept);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.curl(&["/healthz"]).0 != 200 {
+        assert!(Instant::now() < deadline, "the slot was not freed");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -101,6 +101,15 @@ async fn refuse(mut stream: TcpStream, detail: &str) {
     .await;
 }
 
+/// Refuses a connection over a cap: a 503 line on plain HTTP; on the TLS port a close (a
+/// plain-text answer would reach a TLS client as a garbled record, and a handshake just to
+/// refuse would spend the CPU the cap is there to save).
+fn refuse_over(stream: TcpStream, tls: bool, detail: &'static str) {
+    if !tls {
+        tokio::spawn(refuse(stream, detail));
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
 /// `limits.drain`. With `tls`, every connection is a TLS one.
 pub async fn run(
@@ -145,14 +154,22 @@ pub async fn run(
             app.metrics
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream, "The server is at its connection limit."));
+            refuse_over(
+                stream,
+                tls.is_some(),
+                "The server is at its connection limit.",
+            );
             continue;
         };
         let Some(slot) = per_ip.take(peer.ip(), limits.max_per_ip) else {
             app.metrics
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream, "Too many connections from this address."));
+            refuse_over(
+                stream,
+                tls.is_some(),
+                "Too many connections from this address.",
+            );
             continue;
         };
         let watcher = graceful.watcher();
