@@ -3,12 +3,18 @@
 # summary table (every scenario against its target).
 #   scripts/bench.sh            full size (19,000 hub connections, 1,000,000 orders on disk)
 #   scripts/bench.sh tiny       a few seconds, for CI: proves the tools keep working
+#   scripts/bench.sh tls        only the TLS numbers (handshakes/s, status poll CPU over TLS vs
+#                               plain): scripts/bench-tls.sh
 # fanout + hold also runs against a socket.io 4.8 peer (scripts/peer/, Node) with the same sizes,
 # printed side by side with ordertrack; its npm packages come from scripts/install-test-deps.sh.
 # Speeds are reported next to a baseline measured in the same run (see ordertrack-load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-full}
+if [ "$SIZE" = tls ]; then
+  cargo build --release --quiet --bin ordertrack
+  exec bash scripts/bench-tls.sh
+fi
 if [ "$SIZE" = tiny ]; then
   CONNS=200; RATE=200; CHANGES=400; POLL_S=2; WRITES=800; STORM=200; SEED=5000
 else

@@ -39,6 +39,8 @@ pub enum Command {
 
 /// Help heading of the token settings.
 const JWT: &str = "JWT";
+/// Help heading of the TLS settings.
+const TLS: &str = "TLS";
 /// Help heading of the limits and tuning knobs of `serve`, after the everyday settings.
 const TUNING: &str = "Tuning";
 
@@ -94,9 +96,20 @@ pub struct CommonArgs {
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     ///
-    /// Plain HTTP: put TLS termination (nginx, Caddy, a load balancer) in front.
+    /// Plain HTTP, or HTTPS (and wss:// for the hubs) with --tls-cert and --tls-key.
     #[arg(long, env = "ORDERTRACK_LISTEN", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key).
+    ///
+    /// The server's certificate first, then its intermediates (certbot's fullchain.pem). TLS 1.2
+    /// and 1.3, ALPN h2 and http/1.1. The pair is reloaded on SIGHUP and when either file changes
+    /// (checked every 2 s), without dropping open connections; a pair that does not load is
+    /// logged and the previous one kept.
+    #[arg(long, env = "ORDERTRACK_TLS_CERT", help_heading = TLS)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, RSA or SEC1; certbot's privkey.pem).
+    #[arg(long, env = "ORDERTRACK_TLS_KEY", help_heading = TLS)]
+    pub tls_key: Option<PathBuf>,
     /// Log format: text or json [default: text].
     ///
     /// Logs go to stderr; text is coloured only when stderr is a terminal and NO_COLOR is unset.
@@ -272,9 +285,17 @@ pub struct DemoArgs {
 pub struct WatchArgs {
     /// The order to follow.
     pub order_id: Uuid,
-    /// The server's base URL (plain http; TLS ends at the proxy).
+    /// The server's base URL, http:// or https://.
     #[arg(long, env = "ORDERTRACK_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// PEM file of the certificate authorities to trust for an https:// URL [default: the
+    /// system's store].
+    ///
+    /// For a private CA or a self-signed server certificate. Without it the system's trust store
+    /// is used (SSL_CERT_FILE / SSL_CERT_DIR, else the OS bundle such as
+    /// /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "ORDERTRACK_CACERT")]
+    pub cacert: Option<PathBuf>,
     /// A bearer token of someone who may see the order (its customer, the restaurant's staff …).
     #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -316,10 +337,14 @@ pub enum DbCommand {
 pub struct DbArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// URL of the server holding the database, used when it runs [default: http:// + the
-    /// configured listen address].
+    /// URL of the server holding the database, used when it runs [default: http:// (https://
+    /// when a TLS certificate is configured) + the configured listen address].
     #[arg(long, env = "ORDERTRACK_URL")]
     pub url: Option<String>,
+    /// PEM file of the certificate authorities to trust for an https:// URL [default: the
+    /// system's store].
+    #[arg(long, env = "ORDERTRACK_CACERT")]
+    pub cacert: Option<PathBuf>,
     /// An Administrator token for the running server [default: one minted with the configured
     /// HS256 secret].
     #[arg(long, env = "ORDERTRACK_TOKEN", hide_env_values = true)]

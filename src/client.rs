@@ -1,18 +1,21 @@
 //! A small client for a running ordertrack server, used by the operator commands (`watch`,
 //! `demo`, `db backup`/`db stats`): plain HTTP/1.1 requests over hyper and a SignalR JSON-protocol
 //! session on the customer hub over tokio-tungstenite, written with the hub codec's client side
-//! (`hub/protocol/client.rs`). TLS is left to the terminating proxy, so only `http://` URLs are
-//! accepted.
+//! (`hub/protocol/client.rs`). `https://` URLs go over TLS (`crate::tls`'s client configuration:
+//! a given CA file or the system's trust store), and the hub then over `wss://`.
 
 use crate::hub::protocol::{
     client_invocation, encode_handshake_request, encode_ping, split_json_records, Protocol,
 };
+use crate::tls::ClientStream;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper::{HeaderMap, Method, Request};
 use hyper_util::rt::TokioIo;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -46,30 +49,34 @@ pub enum ClientError {
     HubClosed(Option<String>),
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-/// Where a server is: `http://host[:port][/prefix]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a server is: `http[s]://host[:port][/prefix]`.
+#[derive(Clone, Debug)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     /// A path prefix without a trailing slash ("" for none).
     pub prefix: String,
+    /// For `https://`: the TLS configuration (whom to trust).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, ClientError> {
+    /// An `http://` or `https://` URL (no scheme means `http://`); `https://` trusts the CAs
+    /// in `cacert`, or the system's store without it.
+    pub fn parse(url: &str, cacert: Option<&Path>) -> Result<Endpoint, ClientError> {
         let bad = |why| ClientError::Url(url.to_string(), why);
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            return Err(bad(
-                "https is not supported here; use the server's plain http address behind the TLS proxy",
-            ));
+        let (rest, https) = if let Some(r) = url.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
         } else if url.contains("://") {
-            return Err(bad("only http:// URLs are supported"));
+            return Err(bad("only http:// and https:// URLs are supported"));
         } else {
-            url
+            (url, false)
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -87,13 +94,44 @@ impl Endpoint {
         };
         let (host, port) = match split {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None => (authority, 80),
+            None => (authority, if https { 443 } else { 80 }),
+        };
+        let tls = match https {
+            true => Some(crate::tls::client_config(cacert)?),
+            false => None,
         };
         Ok(Endpoint {
             host: host.to_string(),
             port,
             prefix: path.trim_end_matches('/').to_string(),
+            tls,
         })
+    }
+
+    /// The same server over TLS, trusting the CAs in `cacert` or the system's store.
+    pub fn with_tls(mut self, cacert: Option<&Path>) -> Result<Endpoint, ClientError> {
+        self.tls = Some(crate::tls::client_config(cacert)?);
+        Ok(self)
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
+    /// Opens a connection (TCP, then TLS for `https://`) within [`TIMEOUT`].
+    async fn open(&self) -> Result<ClientStream, ClientError> {
+        let connect = async {
+            let tcp = TcpStream::connect(self.addr()).await?;
+            let _ = tcp.set_nodelay(true);
+            ClientStream::open(tcp, &self.addr().0, self.tls.as_ref()).await
+        };
+        tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .map_err(|_| ClientError::Timeout(self.base(), TIMEOUT))?
+            .map_err(|e| ClientError::Connect(self.base(), e.to_string()))
     }
 
     /// The endpoint of a server listening on `listen`, as seen from this host (a wildcard
@@ -112,12 +150,19 @@ impl Endpoint {
             host,
             port: listen.port(),
             prefix: String::new(),
+            tls: None,
         }
     }
 
-    /// `http://host:port/prefix`
+    /// `http[s]://host:port/prefix`
     pub fn base(&self) -> String {
-        format!("http://{}:{}{}", self.host, self.port, self.prefix)
+        format!(
+            "{}://{}:{}{}",
+            self.scheme(),
+            self.host,
+            self.port,
+            self.prefix
+        )
     }
 
     fn authority(&self) -> String {
@@ -170,11 +215,7 @@ impl Http {
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, ClientError> {
-        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(self.ep.addr()))
-            .await
-            .map_err(|_| ClientError::Timeout(self.ep.base(), TIMEOUT))?
-            .map_err(|e| ClientError::Connect(self.ep.base(), e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.ep.open().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Connect(self.ep.base(), e.to_string()))?;
@@ -295,7 +336,7 @@ pub enum HubMessage {
 
 /// A SignalR session (JSON protocol) on one hub.
 pub struct HubSession {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<ClientStream>,
     pending: std::collections::VecDeque<serde_json::Value>,
     next_invocation: u64,
     last_sent: tokio::time::Instant,
@@ -339,7 +380,12 @@ impl HubSession {
         let id: String =
             percent_encoding::utf8_percent_encode(conn_token, percent_encoding::NON_ALPHANUMERIC)
                 .collect();
-        let url = format!("ws://{}{}/hubs/{hub}?id={id}", ep.authority(), ep.prefix);
+        let ws_scheme = if ep.tls.is_some() { "wss" } else { "ws" };
+        let url = format!(
+            "{ws_scheme}://{}{}/hubs/{hub}?id={id}",
+            ep.authority(),
+            ep.prefix
+        );
         let mut req = url
             .as_str()
             .into_client_request()
@@ -348,10 +394,7 @@ impl HubSession {
             .parse()
             .map_err(|_| ClientError::Protocol("the token is not a valid header value".into()))?;
         req.headers_mut().insert("authorization", auth);
-        let stream = TcpStream::connect(ep.addr())
-            .await
-            .map_err(|e| ClientError::Connect(ep.base(), e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = ep.open().await?;
         let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
             .await
             .map_err(|e| ClientError::Hub(format!("WebSocket upgrade failed: {e}")))?;
@@ -484,23 +527,28 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let e = Endpoint::parse("http://127.0.0.1:8080").unwrap();
+        let e = Endpoint::parse("http://127.0.0.1:8080", None).unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.prefix.as_str()),
             ("127.0.0.1", 8080, "")
         );
-        let e = Endpoint::parse("localhost:9000/ot/").unwrap();
+        let e = Endpoint::parse("localhost:9000/ot/", None).unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.prefix.as_str()),
             ("localhost", 9000, "/ot")
         );
-        let e = Endpoint::parse("http://example.org").unwrap();
+        let e = Endpoint::parse("http://example.org", None).unwrap();
         assert_eq!(e.port, 80);
-        let e = Endpoint::parse("http://[::1]:81").unwrap();
+        let e = Endpoint::parse("http://[::1]:81", None).unwrap();
         assert_eq!((e.host.as_str(), e.port), ("[::1]", 81));
-        assert!(Endpoint::parse("https://x").is_err());
-        assert!(Endpoint::parse("http://x:notaport").is_err());
-        assert!(Endpoint::parse("http://").is_err());
+        assert!(Endpoint::parse("ftp://x", None).is_err());
+        assert!(Endpoint::parse("http://x:notaport", None).is_err());
+        assert!(Endpoint::parse("http://", None).is_err());
+        let missing = std::path::Path::new("/nonexistent/ca.pem");
+        assert!(matches!(
+            Endpoint::parse("https://x", Some(missing)),
+            Err(ClientError::Tls(_))
+        ));
         let e = Endpoint::local("0.0.0.0:8080".parse().unwrap());
         assert_eq!(e.base(), "http://127.0.0.1:8080");
         let e = Endpoint::local("[::]:81".parse().unwrap());

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub hub_reconnect_window_ms: Option<u64>,
     pub cors_origins: Option<Vec<String>>,
     pub keep_backups: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -62,6 +64,8 @@ pub enum ConfigError {
     Zero(String),
     #[error("bad --ttl '{0}': use a number with s, m, h or d")]
     Ttl(String),
+    #[error("--tls-cert and --tls-key go together: {0} is set without {1}")]
+    TlsHalf(&'static str, &'static str),
     #[error("the development secret {0} was created by another process meanwhile: start again")]
     DevSecretRace(PathBuf),
 }
@@ -91,6 +95,8 @@ pub struct Settings {
     pub writer_max_batch: usize,
     pub keep_backups: usize,
     pub hub: crate::hub::HubSettings,
+    /// Serve HTTPS with these files (reloaded when they change).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -255,7 +261,9 @@ impl Settings {
             "json" => LogFormat::Json,
             other => return Err(ConfigError::LogFormat(other.to_string())),
         };
+        let tls = resolve_tls(a.tls_cert.clone(), a.tls_key.clone(), &f)?;
         let settings = Settings {
+            tls,
             listen: a
                 .listen
                 .or(f.listen)
@@ -372,6 +380,20 @@ impl Settings {
     }
 }
 
+/// The certificate and key files: both or neither (flag or environment over the file, each).
+fn resolve_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    f: &FileConfig,
+) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    match (cert.or(f.tls_cert.clone()), key.or(f.tls_key.clone())) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::TlsHalf("--tls-cert", "--tls-key")),
+        (None, Some(_)) => Err(ConfigError::TlsHalf("--tls-key", "--tls-cert")),
+    }
+}
+
 /// The allowed CORS origins: `None` (any) when unset or when the list holds `*`.
 fn cors_origins(list: Option<Vec<String>>) -> Option<Vec<String>> {
     let list: Vec<String> = list?
@@ -411,6 +433,16 @@ pub fn locate(c: &CommonArgs) -> Result<(PathBuf, SocketAddr), ConfigError> {
         .or(f.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     Ok((data_dir_of(c, &f), listen))
+}
+
+/// Whether a server of this configuration speaks HTTPS (a certificate is named in the
+/// environment or the file), for `db`'s default URL.
+pub fn serves_tls(c: &CommonArgs) -> Result<bool, ConfigError> {
+    let f = load_file(c.config.as_deref())?;
+    Ok(
+        std::env::var_os("ORDERTRACK_TLS_CERT").is_some_and(|v| !v.is_empty())
+            || f.tls_cert.is_some(),
+    )
 }
 
 /// Parses `90s`, `15m`, `1h`, `7d` or a bare number of seconds.

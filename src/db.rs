@@ -238,7 +238,10 @@ enum AdminCall {
 /// Sends one admin request to the running server and returns its JSON answer.
 fn online(a: &DbArgs, listen: SocketAddr, call: AdminCall) -> Result<serde_json::Value, DbError> {
     let ep = match &a.url {
-        Some(u) => Endpoint::parse(u)?,
+        Some(u) => Endpoint::parse(u, a.cacert.as_deref())?,
+        None if crate::config::serves_tls(&a.common)? => {
+            Endpoint::local(listen).with_tls(a.cacert.as_deref())?
+        }
         None => Endpoint::local(listen),
     };
     let token = match &a.token {

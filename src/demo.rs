@@ -30,6 +30,8 @@ pub enum DemoError {
     Minter(String),
     #[error("--rate must be a positive number of orders per second")]
     Rate,
+    #[error("the demo serves plain HTTP on loopback: run it without --tls-cert/--tls-key (and `serve` with them)")]
+    Tls,
 }
 
 pub fn demo(args: DemoArgs) -> Result<(), DemoError> {
@@ -37,6 +39,9 @@ pub fn demo(args: DemoArgs) -> Result<(), DemoError> {
         return Err(DemoError::Rate);
     }
     let settings = Settings::resolve(&args.serve)?;
+    if settings.tls.is_some() {
+        return Err(DemoError::Tls);
+    }
     let minter = TokenMinter::new(&settings.auth).map_err(|e| DemoError::Minter(e.to_string()))?;
     crate::run::init_logging(settings.log_format);
     let data_dir = settings.data_dir.clone();

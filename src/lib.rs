@@ -4,6 +4,7 @@
 //!
 //! - `domain/`: orders, money, the status machine, events, the access rule. Pure.
 //! - `store/`: the redb file, the single writer, the commit log. `auth.rs`: token → principal.
+//!   `tls.rs`: certificates, keys and rustls configurations (a leaf).
 //! - `metrics.rs`: the counters behind `/metrics`.
 //! - `hub/`: the SignalR engine (protocol codecs, subscriptions, connections, fan-out).
 //! - `http/`: the HTTP adapter for REST and for the hub endpoints. `client.rs`: the operator
@@ -26,6 +27,7 @@ mod hub;
 mod metrics;
 mod run;
 mod store;
+mod tls;
 mod watch;
 
 pub use cli::{Cli, Command};

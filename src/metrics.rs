@@ -27,6 +27,37 @@ const STATUSES: &[u16] = &[
     503,
 ];
 
+/// What happened on the TLS side, as labels of `ordertrack_tls_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsEvent {
+    /// A new certificate was loaded and is served to new connections.
+    Reload,
+    /// A changed certificate or key did not load; the previous one is still served.
+    ReloadFailure,
+    /// A handshake failed or timed out.
+    HandshakeFailure,
+    /// A plain-HTTP request on the TLS port (answered 400 and closed).
+    PlainHttp,
+}
+
+impl TlsEvent {
+    pub const ALL: [TlsEvent; 4] = [
+        TlsEvent::Reload,
+        TlsEvent::ReloadFailure,
+        TlsEvent::HandshakeFailure,
+        TlsEvent::PlainHttp,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TlsEvent::Reload => "reload",
+            TlsEvent::ReloadFailure => "reload_failure",
+            TlsEvent::HandshakeFailure => "handshake_failure",
+            TlsEvent::PlainHttp => "plain_http",
+        }
+    }
+}
+
 /// Why the hubs refused a connection, a subscription or a connection token, as labels of
 /// `ordertrack_hub_refusals_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +173,7 @@ pub struct Metrics {
     /// Stateful connections dropped because their replay buffer overflowed.
     pub hub_resets_overflow: AtomicU64,
     hub_refusals: [AtomicU64; HubRefusal::ALL.len()],
+    tls_events: [AtomicU64; TlsEvent::ALL.len()],
     batch_sizes: Histogram,
     commit_seconds: Histogram,
     checkpoint_seconds: Histogram,
@@ -175,6 +207,7 @@ impl Metrics {
             hub_resets_window: AtomicU64::new(0),
             hub_resets_overflow: AtomicU64::new(0),
             hub_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            tls_events: std::array::from_fn(|_| AtomicU64::new(0)),
             batch_sizes: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -201,6 +234,11 @@ impl Metrics {
     /// Counts one hub refusal.
     pub fn hub_refused(&self, why: HubRefusal) {
         self.hub_refusals[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one TLS event.
+    pub fn tls_event(&self, what: TlsEvent) {
+        self.tls_events[what as usize].fetch_add(1, Relaxed);
     }
 
     pub fn observe_batch(&self, size: usize, commit_seconds: f64) {
@@ -333,6 +371,16 @@ impl Metrics {
                 out,
                 "ordertrack_hub_refusals_total{{reason=\"{}\"}} {n}",
                 why.label()
+            );
+        }
+        out.push_str("# HELP ordertrack_tls_events_total Certificate reloads and their failures, failed TLS handshakes, plain HTTP on the TLS port.\n");
+        out.push_str("# TYPE ordertrack_tls_events_total counter\n");
+        for what in TlsEvent::ALL {
+            let n = self.tls_events[what as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "ordertrack_tls_events_total{{event=\"{}\"}} {n}",
+                what.label()
             );
         }
         out.push_str(

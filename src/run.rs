@@ -9,6 +9,7 @@ use crate::http::App;
 use crate::hub::Hubs;
 use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreSettings, WriterSettings};
+use crate::tls::CurrentCert;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
@@ -27,6 +28,8 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("cannot mint a token: {0}")]
     Mint(String),
+    #[error("cannot serve TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Dependencies whose detailed levels repeat what a client sent, capped whatever `ORDERTRACK_LOG`
@@ -91,6 +94,19 @@ pub(crate) async fn serve_with(
     on_started: impl FnOnce(std::net::SocketAddr, CancellationToken),
 ) -> Result<(), RunError> {
     let auth = Authenticator::new(&settings.auth).map_err(ConfigError::from)?;
+    // A certificate that does not load is one line at start, before anything is bound or made.
+    let tls = match &settings.tls {
+        Some(files) => {
+            let current = CurrentCert::new(files.load()?);
+            let config = crate::tls::server_config(current.clone())?;
+            Some((
+                files.clone(),
+                current,
+                tokio_rustls::TlsAcceptor::from(config),
+            ))
+        }
+        None => None,
+    };
     // Bind before anything is logged or created, so a taken port is one clear line of error
     // and leaves no data directory or development secret behind.
     let listener = bind(settings.listen).map_err(|e| RunError::Listen(settings.listen, e))?;
@@ -143,6 +159,7 @@ pub(crate) async fn serve_with(
     let addr = listener.local_addr().unwrap_or(settings.listen);
     tracing::info!(
         listen = %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
         data_dir = %settings.data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "ordertrack serving"
@@ -153,7 +170,26 @@ pub(crate) async fn serve_with(
         ..Limits::default()
     };
     let http_shutdown = shutdown.clone();
-    let server = tokio::spawn(server::run(listener, app.clone(), limits, http_shutdown));
+    let acceptor = match tls {
+        Some((files, current, acceptor)) => {
+            tracing::info!(sha256 = %crate::tls::fingerprint(&current.get()), "TLS certificate loaded");
+            tokio::spawn(crate::http::tls::reload_loop(
+                files,
+                current,
+                app.metrics.clone(),
+                shutdown.child_token(),
+            ));
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let server = tokio::spawn(server::run(
+        listener,
+        app.clone(),
+        limits,
+        acceptor,
+        http_shutdown,
+    ));
     on_started(addr, shutdown.child_token());
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -85,7 +85,7 @@ pub fn watch(args: WatchArgs) -> Result<(), WatchError> {
         .ok()
         .filter(|s| *s >= 1)
         .ok_or_else(|| WatchError::Interval(args.poll_interval.clone()))?;
-    let ep = Endpoint::parse(&args.url)?;
+    let ep = Endpoint::parse(&args.url, args.cacert.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("domain", 0),
     ("store", 1),
     ("auth", 1),
+    ("tls", 1),
     ("metrics", 2),
     ("hub", 3),
     ("http", 4),

@@ -212,11 +212,12 @@ function fmtEvents(events) {
 // ------------------------------------------------------------------ the server process
 
 class ServerProcess {
-  constructor({ port, dataDir, logFile }) {
+  constructor({ port, dataDir, logFile, tls = null }) {
     this.port = port;
     this.dataDir = dataDir;
     this.logFile = logFile;
-    this.base = `http://127.0.0.1:${port}`;
+    this.tls = tls; // {cert, key, ca}: serve HTTPS (scenarios s/*)
+    this.base = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
     this.proc = null;
     this.exit = null; // {code, signal} once it exited
   }
@@ -236,6 +237,7 @@ class ServerProcess {
       // official client's keep-alive ping (every 15 s) must keep it inside the bound.
       "--hub-silent-timeout-ms",
       String(SILENT_TIMEOUT_MS),
+      ...(this.tls ? ["--tls-cert", this.tls.cert, "--tls-key", this.tls.key] : []),
     ];
     this.exit = null;
     const proc = spawn(BIN, args, { stdio: ["ignore", out, out], env: { ...process.env } });
@@ -263,8 +265,10 @@ class ServerProcess {
             indent(tail(this.logFile, 30)),
         );
       try {
-        const res = await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
-        await res.arrayBuffer().catch(() => {});
+        const res = this.tls
+          ? await tlsRequest("GET", `${this.base}/readyz`, { ca: this.tls.ca })
+          : await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer?.().catch(() => {});
         if (res.status === 200) return;
         last = `HTTP ${res.status}`;
       } catch (e) {
@@ -1300,6 +1304,211 @@ for (const protocol of PROTOCOLS) {
     { browser: true, timeout: 60_000 },
   );
 }
+// ------------------------------------------------------------------ s) TLS: wss:// (tls helper)
+// Each s/* scenario starts a server of its own with --tls-cert/--tls-key: a private CA and a
+// certificate for 127.0.0.1 made with the openssl CLI. The official client connects over
+// https:// + wss:// in Node, trusting the CA through NODE_EXTRA_CA_CERTS (Node reads it only at
+// start, so the client runs in a child node process), and in Chromium, trusting the server's
+// key through --ignore-certificate-errors-spki-list (honoured with a --user-data-dir, which
+// playwright always passes).
+
+function makeTlsFiles(dir) {
+  const { execFileSync } = require("node:child_process");
+  const f = (n) => path.join(dir, n);
+  const openssl = (...args) => execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  openssl("req", "-x509", ...ec, "-days", "2", "-subj", "/CN=interop CA", "-keyout", f("ca.key"), "-out", f("ca.pem"));
+  openssl("req", ...ec, "-subj", "/CN=localhost", "-keyout", f("server.key"), "-out", f("server.csr"));
+  fs.writeFileSync(f("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  openssl(
+    "x509", "-req", "-days", "2", "-in", f("server.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"),
+    "-CAcreateserial", "-extfile", f("san.ext"), "-out", f("server.pem"),
+  );
+  return { cert: f("server.pem"), key: f("server.key"), ca: f("ca.pem") };
+}
+
+// One HTTPS request trusting `ca`; {status, text, json}.
+function tlsRequest(method, url, { ca, token, body } = {}) {
+  const https = require("node:https");
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, ca: fs.readFileSync(ca), timeout: WAIT_MS }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (text += d));
+      res.on("end", () => {
+        let json;
+        try {
+          json = text ? JSON.parse(text) : undefined;
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode, text, json });
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error(`${method} ${url}: timed out`)));
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+// A TLS server for one scenario, stopped when it ends; places one cash order and returns
+// what the scenario needs to follow it.
+async function tlsServerWithOrder(ctx) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ordertrack-interop-tls-"));
+  const tls = makeTlsFiles(dir);
+  fs.mkdirSync(path.join(dir, "data"));
+  const server = new ServerProcess({
+    port: await freePort(),
+    dataDir: path.join(dir, "data"),
+    logFile: path.join(dir, "server.log"),
+    tls,
+  });
+  ctx.defer(() => server.stop());
+  await server.start();
+  const svc = await orderService();
+  const customer = await newCustomer();
+  const restaurantId = randomUUID();
+  const body = orderBody({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+  const placed = await tlsRequest("POST", `${server.base}/api/v1/orders`, { ca: tls.ca, token: svc.token, body });
+  assertEq(placed.status, 201, `POST /api/v1/orders over TLS: ${placed.text.slice(0, 200)}`);
+  const order = placed.json.order ?? placed.json;
+  const accept = async () => {
+    const staff = await newStaff(restaurantId);
+    const r = await tlsRequest("POST", `${server.base}/api/v1/orders/${order.orderId}/accept`, {
+      ca: tls.ca,
+      token: staff.token,
+      body: { estimatedDeliveryTime: inMinutes(30) },
+    });
+    assertEq(r.status, 200, `accept over TLS: ${r.text.slice(0, 200)}`);
+  };
+  return { server, tls, customer, order, accept };
+}
+
+// The official Node client in a child process: prints one JSON line per step.
+const TLS_NODE_CLIENT = `
+import { createRequire } from "node:module";
+const require = createRequire(process.env.OT_REQUIRE_FROM);
+const signalR = require("@microsoft/signalr");
+const out = (o) => process.stdout.write(JSON.stringify(o) + "\\n");
+const conn = new signalR.HubConnectionBuilder()
+  .withUrl(process.env.OT_BASE + "${CUSTOMER_HUB}", {
+    accessTokenFactory: () => process.env.OT_TOKEN,
+    transport: signalR.HttpTransportType.WebSockets,
+  })
+  .configureLogging(signalR.LogLevel.None)
+  .build();
+conn.on("ReceiveOrderStatusChanged", async (dto) => {
+  out({ event: "ReceiveOrderStatusChanged", orderId: dto.orderId, status: dto.status });
+  await conn.stop();
+  process.exit(0);
+});
+try {
+  await conn.start();
+  const current = await conn.invoke("SubscribeToOrder", process.env.OT_ORDER);
+  out({ subscribed: current.status });
+} catch (e) {
+  out({ error: String(e?.message ?? e) });
+  process.exit(2);
+}
+setTimeout(() => { out({ error: "no event" }); process.exit(3); }, ${WAIT_MS * 2});
+`;
+
+function spawnTlsNodeClient(ctx, env) {
+  const child = spawn(process.execPath, ["--input-type=module", "-e", TLS_NODE_CLIENT], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, OT_REQUIRE_FROM: path.join(HERE, "run.mjs"), ...env },
+  });
+  ctx.defer(() => child.kill("SIGKILL"));
+  const lines = [];
+  let buffered = "";
+  child.stdout.on("data", (d) => {
+    buffered += d;
+    const parts = buffered.split("\n");
+    buffered = parts.pop();
+    for (const p of parts) if (p.trim()) lines.push(JSON.parse(p));
+  });
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  return { lines, exited };
+}
+
+scenario("s/node", "TLS: official client in Node over https:// + wss:// (NODE_EXTRA_CA_CERTS)", async (ctx) => {
+  const { server, tls, customer, order, accept } = await tlsServerWithOrder(ctx);
+  const env = { OT_BASE: server.base, OT_TOKEN: customer.token, OT_ORDER: order.orderId };
+  // Without the CA the client cannot even negotiate (undici says only "fetch failed").
+  const untrusted = spawnTlsNodeClient(ctx, { ...env, NODE_EXTRA_CA_CERTS: "" });
+  assertEq(await withTimeout(untrusted.exited, WAIT_MS, "untrusted client exit"), 2, "untrusted client exit code");
+  assert(
+    /negotiation/i.test(untrusted.lines[0]?.error ?? ""),
+    `untrusted client: expected a failed negotiation, got ${show(untrusted.lines)}`,
+  );
+  const c = spawnTlsNodeClient(ctx, { ...env, NODE_EXTRA_CA_CERTS: tls.ca });
+  const first = await waitUntil(() => c.lines[0], "Node client: subscribed over wss://");
+  assertEq(first.subscribed, "Placed", `Node client: ${show(first)}`);
+  await accept();
+  const ev = await waitUntil(() => c.lines[1], "Node client: ReceiveOrderStatusChanged over wss://");
+  assertEq(ev.event, "ReceiveOrderStatusChanged", `Node client: ${show(ev)}`);
+  assertEq(ev.orderId, order.orderId, "Node client: event orderId");
+  assertEq(ev.status, "Accepted", "Node client: event status");
+  assertEq(await withTimeout(c.exited, WAIT_MS, "Node client exit"), 0, "Node client exit code");
+});
+
+scenario(
+  "s/chromium",
+  "TLS: official client in Chromium over https:// + wss:// (server key trusted by SPKI hash)",
+  async (ctx, env) => {
+    const { server, tls, customer, order, accept } = await tlsServerWithOrder(ctx);
+    const crypto = require("node:crypto");
+    const spki = new crypto.X509Certificate(fs.readFileSync(tls.cert)).publicKey.export({ type: "spki", format: "der" });
+    const hash = crypto.createHash("sha256").update(spki).digest("base64");
+    assert(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (run scripts/install-test-deps.sh)`);
+    const { chromium } = require("playwright-core");
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [...CHROMIUM_ARGS, `--ignore-certificate-errors-spki-list=${hash}`],
+      timeout: 30_000,
+    });
+    ctx.defer(() => browser.close());
+    const page = await browser.newPage();
+    const sockets = [];
+    page.on("websocket", (ws) => sockets.push(ws.url()));
+    await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
+    await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+    const started = await withTimeout(
+      page.evaluate((cfg) => window.__track(cfg), {
+        base: server.base,
+        hub: CUSTOMER_HUB,
+        token: customer.token,
+        orderId: order.orderId,
+        protocol: "json",
+      }),
+      WAIT_MS + 2000,
+      "page: start + SubscribeToOrder over TLS",
+    );
+    if (!started.ok) {
+      const log = await page.evaluate(() => window.__log.slice(-10)).catch(() => []);
+      throw new Error(`page could not subscribe over TLS: ${started.error}\n${indent(log.join("\n"))}`);
+    }
+    assertEq(started.status, "Placed", "page: SubscribeToOrder result status");
+    assert(
+      sockets.some((u) => u.startsWith("wss://127.0.0.1:") && u.includes(CUSTOMER_HUB)),
+      `page: no wss:// socket to ${CUSTOMER_HUB} (saw ${show(sockets)})`,
+    );
+    await accept();
+    const events = await waitUntil(async () => {
+      const evs = await page.evaluate(() => window.__events);
+      return evs.length > 0 ? evs : null;
+    }, "page: ReceiveOrderStatusChanged(Accepted) over wss://");
+    assertEq(events[0].name, "ReceiveOrderStatusChanged", "page: event name");
+    assertEq(events[0].status, "Accepted", "page: event status");
+    await page.evaluate(() => window.__stop());
+  },
+  { browser: true, timeout: 60_000 },
+);
 
 // ------------------------------------------------------------------ the browser side
 

@@ -1,7 +1,8 @@
 //! HTTP: the shared application state, request routing, body limits, the one bearer-token
 //! extraction (REST and hub endpoints) and the per-request span. `server.rs` owns the accept
 //! loop and connection limits, `handlers.rs` the REST endpoints, `hubs.rs` the hub endpoints
-//! (negotiate, upgrade, CORS), `views.rs` the JSON shapes and `problem.rs` the RFC 7807 answers.
+//! (negotiate, upgrade, CORS), `views.rs` the JSON shapes, `problem.rs` the RFC 7807 answers and `tls.rs` the TLS
+//! handshake and certificate reload.
 
 mod admin;
 mod handlers;
@@ -9,6 +10,7 @@ mod hubs;
 mod openapi;
 mod problem;
 pub(crate) mod server;
+pub(crate) mod tls;
 pub(crate) mod views;
 
 use crate::auth::{AuthError, Authenticator};

@@ -1,6 +1,7 @@
 //! The accept loop and its limits: total connections, connections per client address, a guard
 //! against connections that never send a byte, header and idle timeouts, and graceful drain on
-//! shutdown. Refused connections get a one-line 503 problem and are closed.
+//! shutdown. Refused connections get a one-line 503 problem and are closed. With TLS on, the
+//! handshake happens here too, after the first-byte guard (`tls.rs`).
 
 use super::problem::raw_refusal;
 use super::App;
@@ -14,9 +15,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
@@ -99,12 +101,22 @@ async fn refuse(mut stream: TcpStream, detail: &str) {
     .await;
 }
 
+/// Refuses a connection over a cap: a 503 line on plain HTTP; on the TLS port a close (a
+/// plain-text answer would reach a TLS client as a garbled record, and a handshake just to
+/// refuse would spend the CPU the cap is there to save).
+fn refuse_over(stream: TcpStream, tls: bool, detail: &'static str) {
+    if !tls {
+        tokio::spawn(refuse(stream, detail));
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
-/// `limits.drain`.
+/// `limits.drain`. With `tls`, every connection is a TLS one.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -142,14 +154,22 @@ pub async fn run(
             app.metrics
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream, "The server is at its connection limit."));
+            refuse_over(
+                stream,
+                tls.is_some(),
+                "The server is at its connection limit.",
+            );
             continue;
         };
         let Some(slot) = per_ip.take(peer.ip(), limits.max_per_ip) else {
             app.metrics
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream, "Too many connections from this address."));
+            refuse_over(
+                stream,
+                tls.is_some(),
+                "Too many connections from this address.",
+            );
             continue;
         };
         let watcher = graceful.watcher();
@@ -157,9 +177,10 @@ pub async fn run(
         let builder = builder.clone();
         let first_byte = limits.first_byte;
         let stop = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             serve_one(
-                stream, peer, app, builder, watcher, first_byte, stop, permit, slot,
+                stream, peer, app, builder, watcher, first_byte, stop, permit, slot, tls,
             )
             .await;
         });
@@ -185,6 +206,7 @@ async fn serve_one(
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
     slot: IpSlot,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut probe = [0u8; 1];
     // A connection that has not sent its first byte has nothing to drain on shutdown.
@@ -197,6 +219,33 @@ async fn serve_one(
         _ => return,
     }
     let held = ConnectionSlot(Arc::new((permit, slot)));
+    match tls {
+        None => serve_io(stream, peer, app, &builder, watcher, held).await,
+        Some(acceptor) => {
+            let handshake = super::tls::accept(&acceptor, stream, probe[0], &app.metrics);
+            // Shutdown during a handshake: nothing to drain yet.
+            let tls_stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                s = handshake => s,
+            };
+            if let Some(s) = tls_stream {
+                serve_io(s, peer, app, &builder, watcher, held).await;
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (and hub upgrades) on one connection, plain or TLS, until it ends.
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Arc<App>,
+    builder: &Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    held: ConnectionSlot,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let for_requests = held.clone();
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
@@ -205,7 +254,7 @@ async fn serve_one(
         }
         async move { Ok::<_, std::convert::Infallible>(super::handle(app, req, peer).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
