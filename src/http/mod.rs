@@ -9,6 +9,7 @@ mod hubs;
 mod openapi;
 mod problem;
 pub(crate) mod server;
+mod transports;
 pub(crate) mod views;
 
 use crate::auth::{AuthError, Authenticator};

@@ -9,19 +9,27 @@
 //! - `outbound.rs`: a connection's bounded queue; `methods.rs`: the hub methods;
 //!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and the sealed
 //!   connection tokens; `quota.rs`: the per-user caps on connections and subscriptions;
+//! - `link.rs`: a connection over Server-Sent Events or long polling (kept between requests,
+//!   run by a task of its own); `sse.rs` and `longpoll.rs`: those transports' framing and wait;
 //! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
 //!   through which subscriptions change (table and gauge together), and the dispatcher.
 
 mod connection;
+mod link;
+mod longpoll;
 mod methods;
 mod negotiate;
 mod outbound;
 pub mod protocol;
 mod quota;
+mod sse;
 mod subscriptions;
 
+pub use link::{Link, LinkRefusal, Transport};
+pub use longpoll::{poll, PollAnswer};
 pub use negotiate::{negotiate_body, query_value, ConnectionTokens, TokenRefusal};
 pub use outbound::Outbound;
+pub use sse::EventStream;
 pub use subscriptions::{Counts, SubscriptionTable};
 
 use crate::domain::{EventKind, OrderEvent, Principal};
@@ -90,6 +98,11 @@ pub struct HubSettings {
     pub silent_timeout: Duration,
     /// Origins allowed to call the hubs from a browser (CORS); `None` allows any origin.
     pub cors_origins: Option<Vec<String>>,
+    /// Longest a long poll waits for frames before it is answered empty (ASP.NET: 90 s).
+    pub long_poll_timeout: Duration,
+    /// An SSE or long-polling connection that nobody reads for this long is dropped (a
+    /// long-polling client that stopped polling; ASP.NET's disconnect timeout: 15 s).
+    pub disconnect_timeout: Duration,
 }
 
 impl Default for HubSettings {
@@ -106,6 +119,8 @@ impl Default for HubSettings {
             max_subscriptions_per_user: 500,
             silent_timeout: Duration::from_secs(120),
             cors_origins: None,
+            long_poll_timeout: Duration::from_secs(90),
+            disconnect_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -172,6 +187,8 @@ pub struct Hubs {
     orders: SubscriptionTable<Arc<Outbound>>,
     restaurants: SubscriptionTable<Arc<Outbound>>,
     tokens: ConnectionTokens,
+    /// The SSE and long-polling connections, by connection token.
+    links: link::Links,
     /// Connections and subscriptions per user.
     users: UserQuotas,
     connections: AtomicUsize,
@@ -195,6 +212,7 @@ impl Hubs {
             orders: SubscriptionTable::new(64),
             restaurants: SubscriptionTable::new(64),
             tokens: ConnectionTokens::default(),
+            links: link::Links::default(),
             users: UserQuotas::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),

@@ -174,7 +174,9 @@ pub fn negotiate_body(query: Option<&str>, tokens: &ConnectionTokens, user: Uuid
         token.clone()
     };
     let transports = serde_json::json!([
-        { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }
+        { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] },
+        { "transport": "ServerSentEvents", "transferFormats": ["Text"] },
+        { "transport": "LongPolling", "transferFormats": ["Text", "Binary"] }
     ]);
     if version >= 1 {
         serde_json::json!({
