@@ -1,7 +1,8 @@
 //! The hub's Server-Sent Events and long-polling transports (issue 12 §1) at the raw protocol
 //! edges, through the real binary: the immediate first poll, poll/send/DELETE, 409 for a second
 //! poll while one waits, 204 once the connection is closed, a client that stops polling expires
-//! and frees its slot and subscriptions, another user's token is refused on someone else's
+//! and frees its slot and subscriptions, a connection ends when its token expires, another
+//! user's token is refused on someone else's
 //! connection, the per-connection queue stays bounded, MessagePack travels binary over long
 //! polling (and is refused on SSE), SSE frames events as `data:` lines, and no token reaches
 //! the log. The official client over both transports is in `scripts/interop/run.mjs` (`t…`).
@@ -459,4 +460,32 @@ fn sse_streams_data_lines_with_a_query_token_that_never_reaches_the_log() {
     }
     assert_eq!(hub_gauge(&server, "connections"), 0.0);
     assert!(!server.log_text().contains(&cast.customer_token));
+}
+
+#[test]
+fn a_long_polling_connection_ends_when_its_token_expires() {
+    let server = Server::start_with(&["--hub-long-poll-timeout-ms", "20000"]);
+    let short = token_ttl(Uuid::new_v4(), &[], &[], "3s");
+    let lp = Lp::open(&server, &short);
+    lp.handshake();
+    // The waiting poll is answered with a Close that says why and allows a reconnect (with a
+    // new token), then the connection is over.
+    let started = Instant::now();
+    let (status, _, body) = lp.poll();
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&body).to_string();
+    let close = text
+        .split(RS)
+        .filter(|r| !r.is_empty())
+        .map(|r| serde_json::from_str::<Value>(r).expect("record"))
+        .find(|v| v["type"] == 7)
+        .unwrap_or_else(|| panic!("no Close: {text}"));
+    assert!(
+        close["error"].as_str().unwrap_or("").contains("expired"),
+        "{close}"
+    );
+    assert_eq!(close["allowReconnect"], true);
+    let (status, _, _) = lp.poll();
+    assert!(status == 204 || status == 404, "{status}");
 }
