@@ -2,10 +2,9 @@
 //! edges, through the real binary: the immediate first poll, poll/send/DELETE, 409 for a second
 //! poll while one waits, 204 once the connection is closed, a client that stops polling expires
 //! and frees its slot and subscriptions, a connection ends when its token expires, another
-//! user's token is refused on someone else's
-//! connection, the per-connection queue stays bounded, MessagePack travels binary over long
-//! polling (and is refused on SSE), SSE frames events as `data:` lines, and no token reaches
-//! the log. The official client over both transports is in `scripts/interop/run.mjs` (`t…`).
+//! user's token is refused on someone else's connection, the per-connection queue stays
+//! bounded, MessagePack travels binary over long polling (and is refused on SSE), SSE frames
+//! events as `data:` lines, and no token reaches the log. The official client over both transports is in `scripts/interop/run.mjs` (`t…`).
 
 mod common;
 use common::hub::{mp_invocation, mp_messages, JSON_HANDSHAKE, MSGPACK_HANDSHAKE, RS};
