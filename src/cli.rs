@@ -206,6 +206,21 @@ pub struct ServeArgs {
     /// refused (404) and starts over with a new connection.
     #[arg(long, env = "ORDERTRACK_HUB_RECONNECT_WINDOW_MS", help_heading = TUNING)]
     pub hub_reconnect_window_ms: Option<u64>,
+    /// Longest a long poll waits for events before it is answered empty, in milliseconds
+    /// [default: 90000].
+    ///
+    /// ASP.NET's poll timeout: the client polls again at once; keep it under any proxy's
+    /// idle timeout in front of the server.
+    #[arg(long, env = "ORDERTRACK_HUB_LONG_POLL_TIMEOUT_MS", help_heading = TUNING)]
+    pub hub_long_poll_timeout_ms: Option<u64>,
+    /// A long-polling client that has not polled for this long is dropped, in milliseconds
+    /// [default: 15000].
+    ///
+    /// ASP.NET's disconnect timeout: the connection's slot, subscriptions and queued events
+    /// are freed. Also bounds how long a closed SSE or long-polling connection waits for its
+    /// client to collect the final Close.
+    #[arg(long, env = "ORDERTRACK_HUB_DISCONNECT_TIMEOUT_MS", help_heading = TUNING)]
+    pub hub_disconnect_timeout_ms: Option<u64>,
     /// Backups kept in <data-dir>/backups [default: 3].
     ///
     /// After each POST /admin/db/backup the older ones are deleted (`ordertrack db backup`

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub hub_silent_timeout_ms: Option<u64>,
     pub hub_reconnect_buffer_bytes: Option<usize>,
     pub hub_reconnect_window_ms: Option<u64>,
+    pub hub_long_poll_timeout_ms: Option<u64>,
+    pub hub_disconnect_timeout_ms: Option<u64>,
     pub cors_origins: Option<Vec<String>>,
     pub keep_backups: Option<usize>,
     pub tls_cert: Option<PathBuf>,
@@ -335,6 +337,16 @@ impl Settings {
                         .or(f.hub_reconnect_window_ms)
                         .map(ms)
                         .unwrap_or(d.reconnect_window),
+                    long_poll_timeout: a
+                        .hub_long_poll_timeout_ms
+                        .or(f.hub_long_poll_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.long_poll_timeout),
+                    disconnect_timeout: a
+                        .hub_disconnect_timeout_ms
+                        .or(f.hub_disconnect_timeout_ms)
+                        .map(ms)
+                        .unwrap_or(d.disconnect_timeout),
                     cors_origins: cors_origins(a.cors_origins.clone().or(f.cors_origins.clone())),
                     ..d
                 }
@@ -361,6 +373,14 @@ impl Settings {
                 h.max_subscriptions_per_user,
             ),
             ("keep_backups", self.keep_backups),
+            (
+                "hub_long_poll_timeout_ms",
+                h.long_poll_timeout.as_millis() as usize,
+            ),
+            (
+                "hub_disconnect_timeout_ms",
+                h.disconnect_timeout.as_millis() as usize,
+            ),
         ];
         match limits.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError::Zero(name.replace('_', "-"))),

@@ -399,7 +399,32 @@ fn real_answers_match_the_openapi_document() {
         api.check("post", &neg, &send(c.get(s(&neg)).bearer_auth(t)));
         let path = format!("/hubs/{hub}");
         api.check("get", &path, &send(c.get(s(&path)).bearer_auth(t)));
-        api.check("get", &path, &send(c.post(s(&path)).bearer_auth(t)));
+        api.check("get", &path, &send(c.put(s(&path)).bearer_auth(t)));
+        // SSE and long polling: send and close, without an id, a token, or a connection.
+        let gone = format!("{path}?id=none");
+        api.check("post", &path, &send(c.post(s(&path)).bearer_auth(t)));
+        api.check("post", &path, &send(c.post(s(&gone))));
+        api.check("post", &path, &send(c.post(s(&gone)).bearer_auth(t)));
+        api.check("delete", &path, &send(c.delete(s(&path)).bearer_auth(t)));
+        api.check("delete", &path, &send(c.delete(s(&gone)).bearer_auth(t)));
+        let negotiated = send(
+            c.post(s(&format!("{neg}?negotiateVersion=1")))
+                .bearer_auth(t),
+        );
+        let negotiated: Value = serde_json::from_str(&negotiated.text).expect("negotiate");
+        let id = negotiated["connectionToken"].as_str().expect("token");
+        let open = format!("{path}?id={id}");
+        api.check("get", &path, &send(c.get(s(&open)).bearer_auth(t)));
+        api.check(
+            "post",
+            &path,
+            &send(
+                c.post(s(&open))
+                    .bearer_auth(t)
+                    .body(common::hub::JSON_HANDSHAKE),
+            ),
+        );
+        api.check("delete", &path, &send(c.delete(s(&open)).bearer_auth(t)));
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dto = rt.block_on(async {

@@ -490,8 +490,9 @@ function recordCloses(protocol, sink) {
 }
 
 class Client {
-  constructor({ hub, token, protocol = "json", reconnectDelays, skipNegotiation = false, label }) {
+  constructor({ hub, token, protocol = "json", reconnectDelays, skipNegotiation = false, label, transport, base, expectTransport }) {
     this.protocol = protocol;
+    this.expectTransport = expectTransport ?? "WebSocketTransport";
     this.label = label ?? `${protocol}@${hub}`;
     this.logger = new CaptureLogger(this.label);
     this.events = [];
@@ -504,9 +505,10 @@ class Client {
       options.skipNegotiation = true;
       options.transport = signalR.HttpTransportType.WebSockets;
     }
+    if (transport !== undefined) options.transport = transport;
     const wire = protocol === "msgpack" ? new MessagePackHubProtocol() : new signalR.JsonHubProtocol();
     let builder = new signalR.HubConnectionBuilder()
-      .withUrl(state.base + hub, options)
+      .withUrl((base ?? state.base) + hub, options)
       .withHubProtocol(recordCloses(wire, this.closeMessages))
       .configureLogging(this.logger);
     builder = reconnectDelays
@@ -534,7 +536,7 @@ class Client {
     await withTimeout(this.conn.start(), WAIT_MS, `${this.label}: start()`);
     const transport = this.conn.connection?.transport?.constructor?.name;
     if (transport !== undefined)
-      assertEq(transport, "WebSocketTransport", `${this.label}: transport chosen by the client`);
+      assertEq(transport, this.expectTransport, `${this.label}: transport chosen by the client`);
   }
 
   invoke(method, ...args) {
@@ -1024,6 +1026,253 @@ for (const protocol of PROTOCOLS) {
       }
       const stopped = await page.evaluate(() => window.__stop());
       assert(stopped === "Disconnected", `page: connection state after stop(): ${stopped}`);
+    },
+    { browser: true, timeout: 60_000 },
+  );
+}
+
+// ------------------------------------------------------------------ t: SSE and long polling
+// Issue 12 §1: the official client with its transport forced to ServerSentEvents or
+// LongPolling (JSON, and MessagePack where the transport carries binary: long polling only),
+// in Node and in Chromium; reconnect after a server restart; and no forcing at all behind a
+// proxy that refuses the WebSocket upgrade, where the client must fall back and still get
+// every event.
+
+const T_FORCED = [
+  { id: "lp-json", protocol: "json", transport: "LongPolling", cls: "LongPollingTransport" },
+  { id: "lp-msgpack", protocol: "msgpack", transport: "LongPolling", cls: "LongPollingTransport" },
+  { id: "sse-json", protocol: "json", transport: "ServerSentEvents", cls: "ServerSentEventsTransport" },
+];
+// What the client falls back to without WebSockets: SSE carries text only.
+const T_FALLBACK = { json: "ServerSentEventsTransport", msgpack: "LongPollingTransport" };
+
+// A reverse proxy (node http) that forwards every request, streaming both ways, and answers
+// every WebSocket upgrade 403, as some corporate and carrier proxies do.
+function tRefusingProxy(target) {
+  const up = new URL(target);
+  const proxy = http.createServer((req, res) => {
+    const fwd = http.request(
+      { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    fwd.on("error", () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    res.on("close", () => fwd.destroy());
+    req.pipe(fwd);
+  });
+  proxy.refusedUpgrades = 0;
+  proxy.on("upgrade", (_req, socket) => {
+    proxy.refusedUpgrades++;
+    socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  });
+  return new Promise((resolve, reject) => {
+    proxy.on("error", reject);
+    proxy.listen(0, "127.0.0.1", () => resolve(proxy));
+  });
+}
+
+async function tProxy(ctx) {
+  const proxy = await tRefusingProxy(state.base);
+  ctx.defer(
+    () =>
+      new Promise((r) => {
+        proxy.closeAllConnections?.();
+        proxy.close(r);
+      }),
+  );
+  return { proxy, base: `http://127.0.0.1:${proxy.address().port}` };
+}
+
+// A customer's whole order over one connection: subscribe (the current DTO), a refused
+// subscription (another customer's order fails like an unknown one, the connection stays up),
+// then accept → delivered: exactly four events, in order.
+async function tLifecycle(ctx, { protocol, transport, expectTransport, base, label }) {
+  const customer = await newCustomer();
+  const restaurantId = randomUUID();
+  const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+  const c = await ctx.connect({
+    hub: CUSTOMER_HUB,
+    token: customer.token,
+    protocol,
+    transport: transport && signalR.HttpTransportType[transport],
+    expectTransport,
+    base,
+    label,
+  });
+  const current = await c.invoke("SubscribeToOrder", order.orderId);
+  checkDto(current, { protocol, orderId: order.orderId, status: "Placed", restaurantId, isEvent: false, label });
+  const other = await newCustomer();
+  const foreign = await placeOrder({ customerId: other.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+  const refused = await expectRejection(c.invoke("SubscribeToOrder", foreign.orderId), `${label}: foreign order`, c);
+  const unknown = await expectRejection(c.invoke("SubscribeToOrder", randomUUID()), `${label}: unknown order`, c);
+  assertEq(refused.message, unknown.message, `${label}: refusal text, foreign vs. unknown order`);
+  const staff = await newStaff(restaurantId);
+  await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+  await act(foreign.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+  await act(order.orderId, "preparing", staff, {}, "Preparing");
+  await act(order.orderId, "ready", staff, {}, "ReadyForDelivery");
+  await act(order.orderId, "delivered", staff, {}, "Delivered");
+  const events = await c.waitEvents(order.orderId, 4, `${label}: 4 ReceiveOrderStatusChanged events`);
+  checkEvents(
+    events,
+    [
+      ["ReceiveOrderStatusChanged", "Accepted"],
+      ["ReceiveOrderStatusChanged", "Preparing"],
+      ["ReceiveOrderStatusChanged", "ReadyForDelivery"],
+      ["ReceiveOrderStatusChanged", "Delivered"],
+    ],
+    { protocol, orderId: order.orderId, restaurantId, label },
+  );
+  assert(c.events.length === 4, `${label}: events of other orders arrived: ${fmtEvents(c.events)}`);
+  return c;
+}
+
+for (const f of T_FORCED) {
+  scenario(`t/${f.id}`, `${f.transport} forced (Node): lifecycle and a refused subscription`, async (ctx) => {
+    await tLifecycle(ctx, { ...f, expectTransport: f.cls, label: `${f.id}` });
+  });
+}
+
+for (const protocol of PROTOCOLS) {
+  scenario(
+    `t/fallback-${protocol}`,
+    "WebSocket upgrade refused by a proxy (Node): the client falls back and gets every event",
+    async (ctx) => {
+      const { proxy, base } = await tProxy(ctx);
+      await tLifecycle(ctx, { protocol, base, expectTransport: T_FALLBACK[protocol], label: `fallback-${protocol}` });
+      assert(proxy.refusedUpgrades > 0, "the client never tried WebSockets through the proxy");
+    },
+  );
+}
+
+// Reconnect: SIGTERM sends Close(allowReconnect) through the poll or the stream; after the
+// restart withAutomaticReconnect comes back on the same transport, resubscribes, gets events.
+for (const f of T_FORCED) {
+  scenario(
+    `t/reconnect-${f.id}`,
+    `${f.transport} forced (Node): server restart, withAutomaticReconnect, events again`,
+    async (ctx, env) => {
+      const customer = await newCustomer();
+      const restaurantId = randomUUID();
+      const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+      const c = await ctx.connect({
+        hub: CUSTOMER_HUB,
+        token: customer.token,
+        protocol: f.protocol,
+        transport: signalR.HttpTransportType[f.transport],
+        expectTransport: f.cls,
+        reconnectDelays: [0, 500, 1000, 2000, 2000, 2000, 2000, 2000],
+        label: `reconnect-${f.id}`,
+      });
+      await c.invoke("SubscribeToOrder", order.orderId);
+      let resubscribed = null;
+      c.conn.onreconnected(() => {
+        c.conn.invoke("SubscribeToOrder", order.orderId).then(
+          (dto) => (resubscribed = dto),
+          (e) => (resubscribed = e),
+        );
+      });
+      const stopped = await env.server.stop();
+      assertEq(stopped.code, 0, "server exit code after SIGTERM");
+      await env.server.start();
+      await waitUntil(() => c.reconnected.length > 0 || c.closed.length > 0, `${c.label}: onreconnected`, 20_000);
+      assert(c.closed.length === 0, `${c.label}: closed instead of reconnecting: ${c.closed[0]?.message ?? c.closed[0]}`);
+      await waitUntil(() => resubscribed, `${c.label}: re-subscription`);
+      if (resubscribed instanceof Error) throw new Error(`${c.label}: re-subscription failed: ${resubscribed.message}`);
+      assertEq(c.conn.connection?.transport?.constructor?.name, f.cls, `${c.label}: transport after reconnecting`);
+      await act(order.orderId, "accept", await newStaff(restaurantId), { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+      const events = await c.waitEvents(order.orderId, 1, "ReceiveOrderStatusChanged(Accepted) after the restart");
+      checkEvents(events, [["ReceiveOrderStatusChanged", "Accepted"]], {
+        protocol: f.protocol,
+        orderId: order.orderId,
+        restaurantId,
+        label: c.label,
+      });
+    },
+    { needsOwnServer: true, timeout: 60_000 },
+  );
+}
+
+// The browser: the page (another origin) forces the transport, or goes through the refusing
+// proxy and falls back by itself. The requests Chromium makes show which transport it used.
+async function tBrowserTrack(ctx, env, { protocol, transport, base, label }) {
+  const browser = await env.browser();
+  const page = await browser.newPage();
+  ctx.defer(() => page.close());
+  const requests = [];
+  const consoleLines = [];
+  page.on("request", (r) => requests.push({ url: r.url(), method: r.method(), accept: r.headers()["accept"] ?? "" }));
+  page.on("console", (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
+  ctx.defer(() => {
+    if (ctx.failed && consoleLines.length) console.log(indent(consoleLines.slice(-15).join("\n")));
+  });
+  await page.goto(`${await env.pageBase()}/index.html`, { timeout: WAIT_MS, waitUntil: "load" });
+  await page.waitForFunction(() => window.__ready === true, null, { timeout: WAIT_MS });
+  const customer = await newCustomer();
+  const restaurantId = randomUUID();
+  const order = await placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+  const started = await withTimeout(
+    page.evaluate((cfg) => window.__track(cfg), {
+      base,
+      hub: CUSTOMER_HUB,
+      token: customer.token,
+      orderId: order.orderId,
+      protocol,
+      transport: transport && signalR.HttpTransportType[transport],
+    }),
+    WAIT_MS + 5000,
+    `${label}: start + SubscribeToOrder`,
+  );
+  if (!started.ok) {
+    const log = await page.evaluate(() => window.__log.slice(-10)).catch(() => []);
+    throw new Error(`${label}: could not subscribe: ${started.error}\n${indent(log.join("\n"))}`);
+  }
+  assertEq(started.status, "Placed", `${label}: SubscribeToOrder result status`);
+  const staff = await newStaff(restaurantId);
+  await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+  await act(order.orderId, "preparing", staff, {}, "Preparing");
+  await waitUntil(async () => (await page.evaluate(() => window.__events.length)) >= 2, `${label}: 2 events`);
+  await sleep(GRACE_MS);
+  const events = await page.evaluate(() => window.__events);
+  assertEq(events.map((e) => e.status).join(","), "Accepted,Preparing", `${label}: event statuses`);
+  const hub = requests.filter((r) => r.url.includes(CUSTOMER_HUB) && /[?&]id=/.test(r.url));
+  const sse = hub.some((r) => r.method === "GET" && r.accept.includes("text/event-stream"));
+  const polls = hub.filter((r) => r.method === "GET" && /[?&]_=/.test(r.url)).length;
+  const stopped = await page.evaluate(() => window.__stop());
+  assertEq(stopped, "Disconnected", `${label}: state after stop()`);
+  return { sse, polls, sseToken: hub.some((r) => r.accept.includes("text/event-stream") && /access_token=/.test(r.url)) };
+}
+
+for (const f of T_FORCED) {
+  scenario(
+    `t/browser-${f.id}`,
+    `browser (Chromium): ${f.transport} forced, cross-origin`,
+    async (ctx, env) => {
+      const seen = await tBrowserTrack(ctx, env, { ...f, base: state.base, label: `browser-${f.id}` });
+      if (f.transport === "ServerSentEvents") {
+        assert(seen.sse, "browser: no EventSource request");
+        assert(seen.sseToken, "browser: the EventSource request did not carry access_token");
+      } else assert(seen.polls > 0 && !seen.sse, `browser: expected polls only (polls ${seen.polls}, sse ${seen.sse})`);
+    },
+    { browser: true, timeout: 60_000 },
+  );
+}
+
+for (const protocol of PROTOCOLS) {
+  scenario(
+    `t/browser-fallback-${protocol}`,
+    "browser (Chromium) behind a proxy that refuses WebSockets: falls back, gets every event",
+    async (ctx, env) => {
+      const { proxy, base } = await tProxy(ctx);
+      const seen = await tBrowserTrack(ctx, env, { protocol, base, label: `browser-fallback-${protocol}` });
+      assert(proxy.refusedUpgrades > 0, "the browser never tried WebSockets through the proxy");
+      if (protocol === "json") assert(seen.sse, "browser: JSON should fall back to Server-Sent Events");
+      else assert(seen.polls > 0 && !seen.sse, "browser: MessagePack should fall back to long polling");
     },
     { browser: true, timeout: 60_000 },
   );
@@ -1546,7 +1795,7 @@ const PAGE_HTML = `<!doctype html>
   };
   window.__track = async function (cfg) {
     var builder = new signalR.HubConnectionBuilder()
-      .withUrl(cfg.base + cfg.hub, { accessTokenFactory: function () { return cfg.token; } })
+      .withUrl(cfg.base + cfg.hub, { accessTokenFactory: function () { return cfg.token; }, transport: cfg.transport })
       .withAutomaticReconnect()
       .configureLogging({ log: function (level, message) { window.__log.push(level + " " + message); } });
     if (cfg.protocol === "msgpack") {

@@ -1,7 +1,8 @@
 //! The HTTP side of the hubs: routes `/hubs/{hub}` and `/hubs/{hub}/negotiate`, answers CORS
 //! preflights and negotiate, checks the WebSocket upgrade and the token, and hands the accepted
 //! upgrade to the SignalR engine (`hub/`) with what a connection needs: the hubs, the order
-//! store to read from, and this server's connection slot as an opaque guard.
+//! store to read from, and this server's connection slot as an opaque guard. The other
+//! requests on `/hubs/{hub}` (SSE, long polling, their POSTs) go to `transports.rs`.
 
 use super::problem::Problem;
 use super::server::ConnectionSlot;
@@ -119,7 +120,54 @@ pub async fn route(
         );
         return ("hub_negotiate", Ok(resp));
     }
+    if req.method() != Method::GET || !is_websocket(req.headers()) {
+        // Browsers call these with XHR/fetch/EventSource: every answer carries CORS.
+        let mut origin = hyper::HeaderMap::new();
+        if let Some(o) = req.headers().get(hyper::header::ORIGIN) {
+            origin.insert(hyper::header::ORIGIN, o.clone());
+        }
+        let (route, result) = super::transports::serve(app, req, kind, peer).await;
+        let mut resp = result.unwrap_or_else(|p| p.into_response(&super::new_trace_id()));
+        cors(
+            app.hubs.settings.cors_origins.as_deref(),
+            &origin,
+            &mut resp,
+        );
+        return (route, Ok(resp));
+    }
     ("hub_connect", upgrade(app, req, kind, peer))
+}
+
+/// Whether a request asks for a WebSocket upgrade (the other GETs are SSE or long polling).
+fn is_websocket(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The answer to a connection the hubs' caps refused (any transport).
+pub(super) fn refusal(r: Refused) -> Problem {
+    match r {
+        Refused::HubConnections => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Hub.TooManyConnections",
+            "The hub is at its connection limit; retry later.",
+        )
+        .with_header("retry-after", "5"),
+        Refused::UserConnections => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Hub.TooManyUserConnections",
+            "This user already holds the most hub connections allowed at once; close one and retry.",
+        ),
+    }
 }
 
 fn upgrade(
@@ -137,17 +185,7 @@ fn upgrade(
         .with_header("allow", "GET, OPTIONS"));
     }
     let headers = req.headers();
-    let is_ws = headers
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && headers
-            .get(CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            });
+    let is_ws = is_websocket(headers);
     let key = headers.get("sec-websocket-key").cloned();
     let version_ok = headers
         .get("sec-websocket-version")
@@ -188,24 +226,9 @@ fn upgrade(
             }
         }
     }
-    let admission = match app.hubs.admit(principal.sub) {
-        Ok(a) if stateful => a.resumable(id.as_deref().unwrap_or_default()),
-        Ok(a) => a,
-        Err(Refused::HubConnections) => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Hub.TooManyConnections",
-                "The hub is at its connection limit; retry later.",
-            )
-            .with_header("retry-after", "5"))
-        }
-        Err(Refused::UserConnections) => {
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Hub.TooManyUserConnections",
-                "This user already holds the most hub connections allowed at once; close one and retry.",
-            ))
-        }
+    let admission = match app.hubs.admit(principal.sub).map_err(refusal)? {
+        a if stateful => a.resumable(id.as_deref().unwrap_or_default()),
+        a => a,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = take_slot(&mut req);

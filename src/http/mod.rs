@@ -11,6 +11,7 @@ mod openapi;
 mod problem;
 pub(crate) mod server;
 pub(crate) mod tls;
+mod transports;
 pub(crate) mod views;
 
 use crate::auth::{AuthError, Authenticator};

@@ -252,7 +252,10 @@ async fn serve_io<I>(
         if req.uri().path().starts_with("/hubs/") {
             req.extensions_mut().insert(for_requests.clone());
         }
-        async move { Ok::<_, std::convert::Infallible>(super::handle(app, req, peer).await) }
+        async move {
+            let resp = super::handle(app, req, peer).await;
+            Ok::<_, std::convert::Infallible>(super::transports::attach(resp))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

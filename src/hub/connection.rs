@@ -676,8 +676,8 @@ async fn delivered(handoff: Option<&Handoff>) {
     }
 }
 
-/// When the connection's token expires, as a Tokio instant.
-fn token_deadline(expires_at: i64) -> Instant {
+/// When the connection's token expires, as a Tokio instant (also used by `link.rs`).
+pub(super) fn token_deadline(expires_at: i64) -> Instant {
     let now = chrono::Utc::now().timestamp();
     let secs = (expires_at - now).clamp(0, 365 * 86_400) as u64;
     Instant::now() + Duration::from_secs(secs)

@@ -10,22 +10,30 @@
 //!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and the sealed
 //!   connection tokens; `quota.rs`: the per-user caps on connections and subscriptions;
 //!   `resume.rs`: stateful reconnect (replay buffer, sequence ids, the reattach registry);
+//! - `link.rs`: a connection over Server-Sent Events or long polling (kept between requests,
+//!   run by a task of its own); `sse.rs` and `longpoll.rs`: those transports' framing and wait;
 //! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
 //!   through which subscriptions change (table and gauge together), and the dispatcher.
 
 mod connection;
+mod link;
+mod longpoll;
 mod methods;
 mod negotiate;
 mod outbound;
 pub mod protocol;
 mod quota;
 mod resume;
+mod sse;
 mod subscriptions;
 
 pub use connection::Io;
+pub use link::{Link, LinkRefusal, Transport};
+pub use longpoll::{poll, PollAnswer};
 pub use negotiate::{negotiate_body, query_value, ConnectionTokens, TokenRefusal};
 pub use outbound::Outbound;
 pub use resume::{Handoff, Reattach, ReattachRefusal};
+pub use sse::EventStream;
 pub use subscriptions::{Counts, SubscriptionTable};
 
 use crate::domain::{EventKind, OrderEvent, Principal};
@@ -100,6 +108,11 @@ pub struct HubSettings {
     /// Stateful reconnect: how long a connection whose socket dropped waits to be reattached
     /// (ASP.NET's `DisconnectTimeout`).
     pub reconnect_window: Duration,
+    /// Longest a long poll waits for frames before it is answered empty (ASP.NET: 90 s).
+    pub long_poll_timeout: Duration,
+    /// An SSE or long-polling connection that nobody reads for this long is dropped (a
+    /// long-polling client that stopped polling; ASP.NET's disconnect timeout: 15 s).
+    pub disconnect_timeout: Duration,
 }
 
 impl Default for HubSettings {
@@ -118,6 +131,8 @@ impl Default for HubSettings {
             cors_origins: None,
             reconnect_buffer: 100_000,
             reconnect_window: Duration::from_secs(15),
+            long_poll_timeout: Duration::from_secs(90),
+            disconnect_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -197,6 +212,8 @@ pub struct Hubs {
     tokens: ConnectionTokens,
     /// Stateful connections that a new WebSocket may reattach, by connection token.
     resumable: resume::Resumable,
+    /// The SSE and long-polling connections, by connection token.
+    links: link::Links,
     /// Connections and subscriptions per user.
     users: UserQuotas,
     connections: AtomicUsize,
@@ -221,6 +238,7 @@ impl Hubs {
             restaurants: SubscriptionTable::new(64),
             tokens: ConnectionTokens::default(),
             resumable: resume::Resumable::default(),
+            links: link::Links::default(),
             users: UserQuotas::default(),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),

@@ -193,7 +193,9 @@ pub fn negotiate_body_with(
         token.clone()
     };
     let transports = serde_json::json!([
-        { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }
+        { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] },
+        { "transport": "ServerSentEvents", "transferFormats": ["Text"] },
+        { "transport": "LongPolling", "transferFormats": ["Text", "Binary"] }
     ]);
     let mut body = if version >= 1 {
         serde_json::json!({

@@ -119,14 +119,30 @@ pub(super) async fn open_subscriber(
     Ok(())
 }
 
-pub(super) async fn fanout(
-    cli: &Cli,
-    c: usize,
-    rate: u64,
-    changes: u64,
-    sources: u8,
-    protocol: &str,
-) -> R<String> {
+/// What a fanout run does.
+pub(super) struct Shape<'a> {
+    pub(super) c: usize,
+    pub(super) rate: u64,
+    pub(super) changes: u64,
+    pub(super) sources: u8,
+    pub(super) protocol: &'a str,
+    pub(super) transport: &'a str,
+}
+
+pub(super) async fn fanout(cli: &Cli, shape: Shape<'_>) -> R<String> {
+    let Shape {
+        c,
+        rate,
+        changes,
+        sources,
+        protocol,
+        transport,
+    } = shape;
+    if !["websockets", "sse", "longpolling"].contains(&transport) {
+        return Err(format!(
+            "--transport {transport}: websockets, sse or longpolling"
+        ));
+    }
     let msgpack = protocol == "messagepack";
     let Cast {
         minter: m,
@@ -157,6 +173,7 @@ pub(super) async fn fanout(
             2 + (i % sources.max(1) as usize) as u8,
         ));
         let (addr, order, atx, peer) = (cli.addr, *order, atx.clone(), cli.peer);
+        let transport = transport.to_string();
         tasks.push(tokio::spawn(async move {
             let sub = Subscriber {
                 addr,
@@ -166,8 +183,13 @@ pub(super) async fn fanout(
                 idx: i,
                 msgpack,
             };
+            let stop = CancellationToken::new();
             let r = match peer {
-                Peer::Ordertrack => open_subscriber(sub, atx, CancellationToken::new()).await,
+                Peer::Ordertrack if transport == "sse" => halfs::open_sse(sub, atx, stop).await,
+                Peer::Ordertrack if transport == "longpolling" => {
+                    halfs::open_long_polling(sub, atx, stop).await
+                }
+                Peer::Ordertrack => open_subscriber(sub, atx, stop).await,
                 Peer::Socketio => {
                     socketio::open_subscriber(sub, atx, CancellationToken::new()).await
                 }
@@ -232,6 +254,7 @@ pub(super) async fn fanout(
         }));
     }
     let t2 = Instant::now();
+    let cpu_before = cpu_secs(cli.server_pid);
     for k in 0..changes {
         let due = t2 + Duration::from_secs_f64(k as f64 / rate.max(1) as f64);
         tokio::time::sleep_until(due.into()).await;
@@ -251,6 +274,7 @@ pub(super) async fn fanout(
     while let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(2), arx.recv()).await {
         arrivals.push(a);
     }
+    let cpu = cpu_before.zip(cpu_secs(cli.server_pid)).map(|(b, a)| a - b);
     let acks = acks.lock().map_err(|_| "lock")?.clone();
     let mut seen: HashMap<(usize, u64), u32> = HashMap::new();
     let mut lat_ms = Vec::new();
@@ -284,7 +308,7 @@ pub(super) async fn fanout(
     let mut t = String::new();
     t.push_str("| metric | value |\n|---|---|\n");
     let server = match cli.peer {
-        Peer::Ordertrack => format!("ordertrack, SignalR {protocol}"),
+        Peer::Ordertrack => format!("ordertrack, SignalR {protocol} over {transport}"),
         Peer::Socketio => "socket.io 4.8 peer (Node), WebSocket, JSON".into(),
     };
     t.push_str(&format!("| protocol | {server} |\n"));
@@ -318,5 +342,16 @@ pub(super) async fn fanout(
         lat_ms.last().copied().unwrap_or(f64::NAN)
     ));
     t.push_str(&format!("| lost / duplicated | {lost} / {dup} |\n"));
+    let per_event = match cpu {
+        Some(secs) if !arrivals.is_empty() => format!(
+            "{:.1} µs ({secs:.2} s over {} events, REST writes included)",
+            secs * 1e6 / arrivals.len() as f64,
+            arrivals.len()
+        ),
+        _ => "n/a (pass --server-pid)".into(),
+    };
+    t.push_str(&format!(
+        "| server CPU per delivered event | {per_event} |\n"
+    ));
     Ok(t)
 }

@@ -5,6 +5,8 @@
 //!   arrival at the subscriber (p50, p99, max), lost and duplicated events.
 //! - `write`: concurrent writers advancing orders; durable transitions per second and latency.
 //! - `hold` (`hold.rs`): C subscribed hub connections from P client processes; RSS per connection.
+//! - `fanout --transport sse|longpolling` (`halfs.rs`): the same subscribers over the hub's
+//!   HTTP half-transports, with the server's CPU per delivered event.
 //!
 //! Every run prints a markdown table and the command line that reproduces it.
 
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod fanout;
+mod halfs;
 mod hold;
 mod socketio;
 mod write;
@@ -81,6 +84,9 @@ enum Scenario {
         /// Hub protocol: json or messagepack (messagepack is counted, not decoded).
         #[arg(long, default_value = "json")]
         protocol: String,
+        /// Hub transport: websockets, sse (json only) or longpolling.
+        #[arg(long, default_value = "websockets")]
+        transport: String,
     },
     /// C keep-alive connections polling `/status` for D seconds, then the same against a bare
     /// hyper server (a child process) answering a body of the same size: the floor.
@@ -185,7 +191,18 @@ fn main() {
                 changes,
                 sources,
                 protocol,
-            } => fanout(&cli, *connections, *rate, *changes, *sources, protocol).await,
+                transport,
+            } => {
+                let shape = fanout::Shape {
+                    c: *connections,
+                    rate: *rate,
+                    changes: *changes,
+                    sources: *sources,
+                    protocol,
+                    transport,
+                };
+                fanout(&cli, shape).await
+            }
             Scenario::Write {
                 writers,
                 transitions,
@@ -289,6 +306,16 @@ impl Cast {
             staff,
         })
     }
+}
+
+/// The process's CPU time so far (user + system), in seconds, from /proc/PID/stat.
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
