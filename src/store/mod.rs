@@ -350,11 +350,13 @@ impl Store {
 
     /// The live head of an order (from memory when it is live and was written since start,
     /// else from the database).
-    pub fn get_head(&self, id: Uuid) -> Result<Option<heads::OrderHead>, StoreError> {
+    pub fn get_head(&self, id: Uuid) -> Result<Option<Arc<heads::OrderHead>>, StoreError> {
         if let Some(h) = self.shared.heads.get(&id) {
             return Ok(Some(h));
         }
-        Ok(self.get_order(id)?.map(|o| heads::OrderHead::of(&o)))
+        Ok(self
+            .get_order(id)?
+            .map(|o| Arc::new(heads::OrderHead::of(&o))))
     }
 
     /// Called by the writer after a commit, before anyone is answered.
