@@ -86,9 +86,9 @@ const PRIVATE_NO_STORE: &str = "private, no-store";
 fn none_match_hits(headers: &HeaderMap, etag: &[u8]) -> bool {
     headers.get_all(IF_NONE_MATCH).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
-            s.split(',').map(str::trim).any(|t| {
-                t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag
-            })
+            s.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag)
         })
     })
 }
@@ -136,8 +136,8 @@ pub fn get_status(
                 body: to_json(&super::views::status(&h)),
                 etag: Bytes::from(h.etag()),
             });
-            let etag = HeaderValue::from_maybe_shared(r.etag.clone())
-                .map_err(|_| Problem::internal())?;
+            let etag =
+                HeaderValue::from_maybe_shared(r.etag.clone()).map_err(|_| Problem::internal())?;
             Ok(conditional_read(headers, etag, || r.body.clone()))
         }
         _ => Err(Problem::order_not_found(title)),

@@ -298,14 +298,16 @@ async fn route(
             )
         }
         ["openapi.json"] => ("openapi", openapi::serve(req.method())),
-        ["admin", rest @ ..] => admin::route(app, req, rest).await,
-        ["hubs", hub, rest @ ..] => hubs::route(app, req, hub, rest, peer).await,
+        // The routes that await (admin, hubs, writes) are boxed: their states stay out of this
+        // future, which hyper moves into place for every request, reads included.
+        ["admin", rest @ ..] => Box::pin(admin::route(app, req, rest)).await,
+        ["hubs", hub, rest @ ..] => Box::pin(hubs::route(app, req, hub, rest, peer)).await,
         ["api", "v1", "orders"] => {
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
             let r = match principal(app, &req, Credentials::HeaderOnly) {
-                Ok(p) => handlers::place_order(app, &p, req).await,
+                Ok(p) => Box::pin(handlers::place_order(app, &p, req)).await,
                 Err(e) => Err(e),
             };
             ("place_order", r)
@@ -342,7 +344,7 @@ async fn route(
                 return ("order_action", Err(not_found()));
             };
             let r = match principal(app, &req, Credentials::HeaderOnly) {
-                Ok(p) => handlers::act(app, &p, id, action, req).await,
+                Ok(p) => Box::pin(handlers::act(app, &p, id, action, req)).await,
                 Err(e) => Err(e),
             };
             ("order_action", r)

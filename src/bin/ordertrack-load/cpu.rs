@@ -86,19 +86,27 @@ fn cpu_seconds(pid: &str, children: bool) -> R<f64> {
     let rest = text.rsplit_once(')').ok_or("stat: no )")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let (a, b) = if children { (13, 14) } else { (11, 12) };
-    let n = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).ok_or("stat field");
+    let n = |i: usize| {
+        f.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or("stat field")
+    };
     Ok((n(a)? + n(b)?) / ticks_per_sec())
 }
 
 /// Runs wrk once and parses completed operations and p99.
 fn wrk(plan: &Plan, t: &Target, addr: SocketAddr, conns: usize, script: &str) -> R<(u64, f64)> {
     let mut cmd = Command::new(&plan.wrk);
-    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{}s", plan.seconds)])
-        .args(["--latency", "-s", script])
-        .arg(format!("http://{addr}{}", t.path))
-        .env("WRK_METHOD", t.method)
-        .env("WRK_BODY", t.body.as_deref().unwrap_or(""))
-        .stdin(Stdio::null());
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{}s", plan.seconds),
+    ])
+    .args(["--latency", "-s", script])
+    .arg(format!("http://{addr}{}", t.path))
+    .env("WRK_METHOD", t.method)
+    .env("WRK_BODY", t.body.as_deref().unwrap_or(""))
+    .stdin(Stdio::null());
     for (k, v) in &t.headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
@@ -112,7 +120,11 @@ fn wrk(plan: &Plan, t: &Target, addr: SocketAddr, conns: usize, script: &str) ->
     let mut p99 = f64::NAN;
     for line in text.lines() {
         let l = line.trim();
-        if let Some(n) = l.split(" requests in ").next().filter(|_| l.contains(" requests in ")) {
+        if let Some(n) = l
+            .split(" requests in ")
+            .next()
+            .filter(|_| l.contains(" requests in "))
+        {
             total = n.trim().parse::<u64>().ok();
         } else if let Some(n) = l.strip_prefix("Non-2xx or 3xx responses:") {
             bad += n.trim().parse::<u64>().unwrap_or(0);
@@ -125,7 +137,10 @@ fn wrk(plan: &Plan, t: &Target, addr: SocketAddr, conns: usize, script: &str) ->
     if bad > 0 {
         return Err(format!("{}: {bad} answers were not 2xx/3xx", t.name));
     }
-    Ok((total.ok_or_else(|| format!("no request count in wrk output: {text}"))?, p99))
+    Ok((
+        total.ok_or_else(|| format!("no request count in wrk output: {text}"))?,
+        p99,
+    ))
 }
 
 /// wrk's latency text (`512.00us`, `1.23ms`, `2.00s`) in milliseconds.
@@ -183,7 +198,12 @@ async fn start_bare(status: u16, size: usize) -> R<Bare> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = Command::new(exe)
         .args(["bare-server", "--port", &port.to_string()])
-        .args(["--body-size", &size.to_string(), "--status", &status.to_string()])
+        .args([
+            "--body-size",
+            &size.to_string(),
+            "--status",
+            &status.to_string(),
+        ])
         .spawn()
         .map_err(|e| e.to_string())?;
     let bare = Bare {
@@ -326,7 +346,10 @@ pub async fn run(cli: &Cli, plan: Plan) -> R<String> {
         plan.only.split(',').map(str::trim).collect()
     };
     if let Some(bad) = only.iter().find(|p| !PATHS.contains(p)) {
-        return Err(format!("unknown path '{bad}' (known: {})", PATHS.join(", ")));
+        return Err(format!(
+            "unknown path '{bad}' (known: {})",
+            PATHS.join(", ")
+        ));
     }
     let script_file = tempfile_script()?;
     let script = script_file.0.to_string_lossy().to_string();
