@@ -4,6 +4,7 @@
 #   * the npm packages pinned in scripts/interop/package-lock.json (via `npm ci`)
 #   * the npm packages pinned in scripts/peer/package-lock.json (via `npm ci`)
 #   * Debian's chromium at /usr/bin/chromium (only when it is missing)
+#   * Debian's wrk, the HTTP load generator of scripts/bench.sh (only when it is missing)
 #
 # Idempotent and quiet: prints nothing when everything is already there or was
 # installed successfully; on failure it prints the failing tool's output.
@@ -86,6 +87,16 @@ if [ "$peer_want" != "$peer_have" ] || [ ! -f "$peer_dir/node_modules/socket.io/
         quiet npm ci --no-audit --no-fund --loglevel=error --prefer-offline
     )
     printf '%s\n' "$peer_want" >"$peer_stamp_file"
+fi
+
+# ------------------------------------------------------------------------- wrk
+# scripts/bench.sh measures server CPU per request with wrk (ordertrack-load cpu).
+if ! command -v wrk >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || die "wrk is missing and apt-get is not available"
+    quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300
+    quiet as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300 --no-install-recommends wrk
+    command -v wrk >/dev/null 2>&1 || die "apt-get installed wrk but it is not on PATH"
 fi
 
 # -------------------------------------------------------------------- chromium

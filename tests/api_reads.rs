@@ -381,6 +381,55 @@ fn if_none_match_gives_304_without_body_for_tag_list_star_and_weak_forms() {
     assert_eq!(r.status, 404, "{r:?}");
 }
 
+/// The status answer is rendered once per version and shared by later polls (issue 15): every
+/// poll between changes must still name the latest version, through the whole life of the order
+/// and past its end (a finished order is read from the database again).
+#[test]
+fn repeated_polls_follow_every_change_to_the_end() {
+    let server = Server::start();
+    let cast = Cast::new();
+    let id = place(&server, &cast, "CashOnDelivery");
+    let steps = [
+        ("accept", Some(eta()), "Accepted"),
+        ("preparing", None, "Preparing"),
+        ("ready", None, "ReadyForDelivery"),
+        ("delivered", None, "Delivered"),
+    ];
+    let mut old_tag: Option<String> = None;
+    for (version, (action, body, status)) in (2..).zip(steps) {
+        for _ in 0..3 {
+            let r = get_with(&server, &cast.customer_token, &status_path(id), &[]);
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        assert_eq!(act(&server, &cast.staff_token, id, action, body).0, 200);
+        let tag = format!("\"order-{id}-v{version}\"");
+        for _ in 0..3 {
+            let r = get_with(&server, &cast.customer_token, &status_path(id), &[]);
+            let v = r.json();
+            assert_eq!(v["status"], status, "{v}");
+            assert_eq!(v["version"], version, "{v}");
+            assert_eq!(r.header("etag").as_deref(), Some(tag.as_str()));
+            let r = get_with(
+                &server,
+                &cast.customer_token,
+                &status_path(id),
+                &[("if-none-match", &tag)],
+            );
+            assert_eq!(r.status, 304, "{r:?}");
+        }
+        if let Some(old) = &old_tag {
+            let r = get_with(
+                &server,
+                &cast.customer_token,
+                &status_path(id),
+                &[("if-none-match", old.as_str())],
+            );
+            assert_eq!(r.status, 200, "an old tag must not match: {r:?}");
+        }
+        old_tag = Some(tag);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // History
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,6 @@ pub(crate) mod time;
 
 pub use access::{may_act, ActRefusal, Principal};
 pub use event::{OrderEvent, OrderStatusBroadcast};
-pub use order::{ActionDetails, FieldErrors, NewOrder, Order};
+pub use order::{ActionDetails, FieldErrors, NewOrder, Order, OrderSummary};
 pub use status::{Action, EventKind, OrderStatus, Step};
 pub use time::Timestamp;

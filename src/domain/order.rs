@@ -69,6 +69,38 @@ pub struct Order {
     pub cancellation_reason: Option<String>,
 }
 
+/// What a history page shows of an order, decoded straight from the stored order: the fields
+/// the page does not show (items' details, address, the other amounts) are skipped, not built.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct OrderSummary {
+    pub id: Uuid,
+    pub number: String,
+    pub restaurant_id: Uuid,
+    pub restaurant_name: String,
+    pub status: OrderStatus,
+    pub placed_at: Timestamp,
+    pub currency: String,
+    pub total: Decimal,
+    items: Vec<ItemQuantity>,
+}
+
+/// An item of an [`OrderSummary`]: only its quantity is read.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+struct ItemQuantity {
+    quantity: u32,
+}
+
+impl OrderSummary {
+    /// An amount of this order rendered with its currency's digits.
+    pub fn fmt(&self, d: Decimal) -> String {
+        format_amount(d, minor_digits(&self.currency).unwrap_or(2))
+    }
+
+    pub fn item_count(&self) -> u32 {
+        self.items.iter().map(|i| i.quantity).sum()
+    }
+}
+
 impl Order {
     pub fn digits(&self) -> u32 {
         minor_digits(&self.currency).unwrap_or(2)

@@ -7,6 +7,7 @@ use super::{json_response, read_body, App, Resp};
 use crate::domain::order::ActionDetails;
 use crate::domain::order_body::{parse_reason, parse_time_field};
 use crate::domain::{Action, FieldErrors, NewOrder, Order, OrderStatus, Principal, Timestamp};
+use crate::store::heads::Rendered;
 use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -60,13 +61,14 @@ fn listed_tags(
 }
 
 fn with_etag(resp: Resp, order: &Order) -> Resp {
-    with_tag(resp, &order.etag())
+    match HeaderValue::from_str(&order.etag()) {
+        Ok(v) => with_tag(resp, v),
+        Err(_) => resp,
+    }
 }
 
-fn with_tag(mut resp: Resp, etag: &str) -> Resp {
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        resp.headers_mut().insert(ETAG, v);
-    }
+fn with_tag(mut resp: Resp, etag: HeaderValue) -> Resp {
+    resp.headers_mut().insert(ETAG, etag);
     resp.headers_mut().insert(
         "cache-control",
         HeaderValue::from_static(PRIVATE_REVALIDATE),
@@ -80,22 +82,26 @@ const PRIVATE_REVALIDATE: &str = "private, no-cache";
 /// Private answers without an ETag (the history pages): stored nowhere.
 const PRIVATE_NO_STORE: &str = "private, no-store";
 
-/// A read answer with the order's ETag, or 304 when `If-None-Match` names it.
-fn conditional_read<T: serde::Serialize>(headers: &HeaderMap, etag: &str, body: &T) -> Resp {
-    if let Some(tags) = listed_tags(headers, IF_NONE_MATCH) {
-        let hit = match tags {
-            None => true,
-            Some(list) => list
-                .iter()
-                .any(|t| t.strip_prefix("W/").unwrap_or(t) == etag),
-        };
-        if hit {
-            let mut resp = json_response(StatusCode::NOT_MODIFIED, Bytes::new());
-            resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
-            return with_tag(resp, etag);
-        }
+/// Whether `If-None-Match` names `etag` (weakly) or is `*`; read in place, nothing allocated.
+fn none_match_hits(headers: &HeaderMap, etag: &[u8]) -> bool {
+    headers.get_all(IF_NONE_MATCH).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag)
+        })
+    })
+}
+
+/// A read answer with the order's ETag, or 304 when `If-None-Match` names it; `body` is only
+/// built for a 200.
+fn conditional_read(headers: &HeaderMap, etag: HeaderValue, body: impl FnOnce() -> Bytes) -> Resp {
+    if none_match_hits(headers, etag.as_bytes()) {
+        let mut resp = json_response(StatusCode::NOT_MODIFIED, Bytes::new());
+        resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+        return with_tag(resp, etag);
     }
-    with_tag(json_response(StatusCode::OK, to_json(body)), etag)
+    with_tag(json_response(StatusCode::OK, body()), etag)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -124,11 +130,16 @@ pub fn get_status(
         return Err(Problem::order_not_found(title));
     };
     match app.store.get_head(id).map_err(store_problem)? {
-        Some(h) if p.visible(h.customer_id, h.restaurant_id) => Ok(conditional_read(
-            headers,
-            &h.etag(),
-            &super::views::status(&h),
-        )),
+        Some(h) if p.visible(h.customer_id, h.restaurant_id) => {
+            // Rendered once per committed version of the head, then shared by every poll.
+            let r = h.rendered.get_or_init(|| Rendered {
+                body: to_json(&super::views::status(&h)),
+                etag: Bytes::from(h.etag()),
+            });
+            let etag =
+                HeaderValue::from_maybe_shared(r.etag.clone()).map_err(|_| Problem::internal())?;
+            Ok(conditional_read(headers, etag, || r.body.clone()))
+        }
         _ => Err(Problem::order_not_found(title)),
     }
 }
@@ -140,11 +151,10 @@ pub fn get_details(
     segment: &str,
 ) -> Result<Resp, Problem> {
     let o = visible_order(app, p, segment, "GetOrderById.NotFound")?;
-    Ok(conditional_read(
-        headers,
-        &o.etag(),
-        &super::views::details(&o, p),
-    ))
+    let etag = HeaderValue::from_str(&o.etag()).map_err(|_| Problem::internal())?;
+    Ok(conditional_read(headers, etag, || {
+        to_json(&super::views::details(&o, p))
+    }))
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

@@ -148,8 +148,28 @@ pub async fn read_body(req: Request<Incoming>, required: bool) -> Result<Bytes, 
 
 /// A short random id for correlating a request's answer with its log lines.
 pub fn new_trace_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
+    TraceId::new().as_str().to_string()
+}
+
+/// A request's trace id: 128 random bits as 32 lowercase hex digits, built on the stack (every
+/// request makes one, so it costs no allocation and no formatter).
+struct TraceId([u8; 32]);
+
+impl TraceId {
+    fn new() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let v: u128 = rand::random();
+        let mut out = [0u8; 32];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        TraceId(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Where a request may carry its token.
@@ -198,17 +218,17 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Problem {
 
 /// Entry point for every request: routes, answers, records metrics, all inside a span.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let trace_id = new_trace_id();
+    let trace = TraceId::new();
+    let trace_id = trace.as_str();
     let started = Instant::now();
-    let method = req.method().clone();
     // The query string is never logged: browsers put hub tokens there.
-    let span = tracing::debug_span!("request", %method, path = %req.uri().path(), trace_id = %trace_id, peer = %peer);
+    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), trace_id = %trace_id, peer = %peer);
     let (route, result) = route(&app, req, peer).instrument(span.clone()).await;
     let mut resp = match result {
         Ok(r) => r,
-        Err(p) => p.into_response(&trace_id),
+        Err(p) => p.into_response(trace_id),
     };
-    if let Ok(v) = HeaderValue::from_str(&trace_id) {
+    if let Ok(v) = HeaderValue::from_bytes(&trace.0) {
         resp.headers_mut().insert("x-trace-id", v);
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -230,10 +250,26 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> (&'static str, Result<Resp, Problem>) {
-    let path = req.uri().path().to_string();
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // A clone of the URI shares its bytes: the path stays borrowable while `req` moves on.
+    let uri = req.uri().clone();
+    let path = uri.path().trim_start_matches('/');
+    // Every route has at most 8 segments, so they are split onto the stack; a longer path is
+    // only ever a 404 or an admin/hub path, split onto the heap.
+    let mut short = [""; 8];
+    let long: Vec<&str>;
+    let segs: &[&str] = if path.split('/').count() <= short.len() {
+        let mut n = 0;
+        for (slot, seg) in short.iter_mut().zip(path.split('/')) {
+            *slot = seg;
+            n += 1;
+        }
+        &short[..n]
+    } else {
+        long = path.split('/').collect();
+        &long
+    };
     let m = req.method().clone();
-    match segs.as_slice() {
+    match segs {
         ["healthz"] | ["readyz"] => {
             if m != Method::GET && m != Method::HEAD {
                 return ("health", Err(method_not_allowed("GET, HEAD")));
@@ -265,14 +301,16 @@ async fn route(
             )
         }
         ["openapi.json"] => ("openapi", openapi::serve(req.method())),
-        ["admin", rest @ ..] => admin::route(app, req, rest).await,
-        ["hubs", hub, rest @ ..] => hubs::route(app, req, hub, rest, peer).await,
+        // The routes that await (admin, hubs, writes) are boxed: their states stay out of this
+        // future, which hyper moves into place for every request, reads included.
+        ["admin", rest @ ..] => Box::pin(admin::route(app, req, rest)).await,
+        ["hubs", hub, rest @ ..] => Box::pin(hubs::route(app, req, hub, rest, peer)).await,
         ["api", "v1", "orders"] => {
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
             let r = match principal(app, &req, Credentials::HeaderOnly) {
-                Ok(p) => handlers::place_order(app, &p, req).await,
+                Ok(p) => Box::pin(handlers::place_order(app, &p, req)).await,
                 Err(e) => Err(e),
             };
             ("place_order", r)
@@ -309,7 +347,7 @@ async fn route(
                 return ("order_action", Err(not_found()));
             };
             let r = match principal(app, &req, Credentials::HeaderOnly) {
-                Ok(p) => handlers::act(app, &p, id, action, req).await,
+                Ok(p) => Box::pin(handlers::act(app, &p, id, action, req)).await,
                 Err(e) => Err(e),
             };
             ("order_action", r)

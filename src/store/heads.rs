@@ -2,11 +2,14 @@
 //! not finished yet. Only the writer fills it, after each commit and in commit order, so an
 //! entry is never older than what the writer last answered; finished orders leave it, and it
 //! never grows past `MAX_HEADS` (misses read the database). Polls of live orders then skip the
-//! read transaction and the full decode.
+//! read transaction and the full decode. Each head also keeps the status answer rendered for
+//! it (body and ETag), built by the first poll that reads it: a head is replaced, never
+//! changed, on every commit, so a rendered answer is exactly as fresh as the head it hangs on.
 
 use crate::domain::{Order, OrderStatus, Timestamp};
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
 /// Most heads kept (about 100 bytes each).
@@ -14,7 +17,7 @@ pub const MAX_HEADS: usize = 1_000_000;
 const SHARDS: usize = 32;
 
 /// What `GET /status` and its visibility check need.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct OrderHead {
     pub id: Uuid,
     pub customer_id: Uuid,
@@ -23,6 +26,15 @@ pub struct OrderHead {
     pub version: u64,
     pub updated_at: Timestamp,
     pub estimated_delivery: Option<Timestamp>,
+    /// The status answer of this very head, rendered once by the reader that first needs it.
+    pub rendered: OnceLock<Rendered>,
+}
+
+/// A rendered status answer: the JSON body and the ETag header's bytes.
+#[derive(Debug)]
+pub struct Rendered {
+    pub body: Bytes,
+    pub etag: Bytes,
 }
 
 impl OrderHead {
@@ -35,6 +47,7 @@ impl OrderHead {
             version: o.version,
             updated_at: o.updated_at,
             estimated_delivery: o.estimated_delivery,
+            rendered: OnceLock::new(),
         }
     }
 
@@ -44,7 +57,7 @@ impl OrderHead {
 }
 
 pub struct LiveHeads {
-    shards: Vec<Mutex<HashMap<Uuid, OrderHead>>>,
+    shards: Vec<Mutex<HashMap<Uuid, Arc<OrderHead>>>>,
 }
 
 impl Default for LiveHeads {
@@ -56,13 +69,13 @@ impl Default for LiveHeads {
 }
 
 impl LiveHeads {
-    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, OrderHead>> {
+    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<OrderHead>>> {
         let b = id.as_bytes();
         let i = (b[15] as usize ^ b[7] as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<OrderHead> {
+    pub fn get(&self, id: &Uuid) -> Option<Arc<OrderHead>> {
         self.shard(id).get(id).cloned()
     }
 
@@ -73,7 +86,7 @@ impl LiveHeads {
         if o.status.is_terminal() {
             m.remove(&o.id);
         } else if m.len() < MAX_HEADS / SHARDS || m.contains_key(&o.id) {
-            m.insert(o.id, OrderHead::of(o));
+            m.insert(o.id, Arc::new(OrderHead::of(o)));
         }
     }
 }

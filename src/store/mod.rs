@@ -64,7 +64,7 @@ pub struct IdempotencyRecord {
 /// One page of a customer's history.
 #[derive(Debug)]
 pub struct HistoryPage {
-    pub orders: Vec<Order>,
+    pub orders: Vec<crate::domain::OrderSummary>,
     pub total_count: u64,
 }
 
@@ -350,11 +350,13 @@ impl Store {
 
     /// The live head of an order (from memory when it is live and was written since start,
     /// else from the database).
-    pub fn get_head(&self, id: Uuid) -> Result<Option<heads::OrderHead>, StoreError> {
+    pub fn get_head(&self, id: Uuid) -> Result<Option<Arc<heads::OrderHead>>, StoreError> {
         if let Some(h) = self.shared.heads.get(&id) {
             return Ok(Some(h));
         }
-        Ok(self.get_order(id)?.map(|o| heads::OrderHead::of(&o)))
+        Ok(self
+            .get_order(id)?
+            .map(|o| Arc::new(heads::OrderHead::of(&o))))
     }
 
     /// Called by the writer after a commit, before anyone is answered.
@@ -489,5 +491,45 @@ impl Store {
             idempotency_keys,
             file_bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{NewOrder, Order, OrderSummary, Timestamp};
+
+    /// A history summary decodes from the stored bytes of a full order and agrees with it.
+    #[test]
+    fn summary_decodes_from_a_stored_order() {
+        let body = serde_json::json!({
+            "customerId": uuid::Uuid::new_v4(), "restaurantId": uuid::Uuid::new_v4(),
+            "restaurantName": "Ristorante", "currency": "JPY", "paymentMethod": "CashOnDelivery",
+            "deliveryAddress": {"street": "1 Main", "city": "Town"}, "note": "ring twice",
+            "items": [
+                {"menuItemId": uuid::Uuid::new_v4(), "name": "P", "quantity": 2, "unitPrice": 700,
+                 "customizations": [{"groupName": "Size", "choiceName": "L", "priceAdjustment": 100}]},
+                {"menuItemId": uuid::Uuid::new_v4(), "name": "Q", "quantity": 3, "unitPrice": 150}
+            ]
+        });
+        let order: Order = NewOrder::parse(body.to_string().as_bytes())
+            .unwrap()
+            .into_order(
+                uuid::Uuid::now_v7(),
+                "ORD-2026-000042".into(),
+                Timestamp(1_700_000_000_000),
+                &mut uuid::Uuid::new_v4,
+            );
+        let stored = super::encode(&order).unwrap();
+        let s: OrderSummary = super::decode(&stored).unwrap();
+        assert_eq!(s.id, order.id);
+        assert_eq!(s.number, order.number);
+        assert_eq!(s.restaurant_id, order.restaurant_id);
+        assert_eq!(s.restaurant_name, order.restaurant_name);
+        assert_eq!(s.status, order.status);
+        assert_eq!(s.placed_at, order.placed_at);
+        assert_eq!(s.currency, order.currency);
+        assert_eq!(s.fmt(s.total), order.fmt(order.total));
+        assert_eq!(s.item_count(), order.item_count());
+        assert_eq!(s.item_count(), 5);
     }
 }

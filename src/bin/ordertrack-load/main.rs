@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod cpu;
 mod fanout;
 mod halfs;
 mod hold;
@@ -143,6 +144,29 @@ enum Scenario {
         port: u16,
         #[arg(long)]
         body_size: usize,
+        /// The status it answers (304 answers carry no body).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
+    /// Server CPU per operation on each REST path, driven by wrk, against a bare hyper server
+    /// in alternating rounds of the same run (needs --server-pid).
+    Cpu {
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per wrk window.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Paths to measure: all, or a comma-separated list of status, status304, details,
+        /// history, place.
+        #[arg(long, default_value = "all")]
+        only: String,
+        #[arg(long, default_value = "wrk")]
+        wrk: String,
+        /// Connections for the durable placements.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
     },
     /// Concurrent writers advancing orders through their life.
     Write {
@@ -230,7 +254,29 @@ fn main() {
                 connections,
                 sources,
             } => storm(&cli, *connections, *sources).await,
-            Scenario::BareServer { port, body_size } => bare_server(*port, *body_size).await,
+            Scenario::BareServer {
+                port,
+                body_size,
+                status,
+            } => bare_server(*port, *body_size, *status).await,
+            Scenario::Cpu {
+                connections,
+                seconds,
+                rounds,
+                only,
+                wrk,
+                writers,
+            } => {
+                let plan = cpu::Plan {
+                    connections: *connections,
+                    seconds: *seconds,
+                    rounds: *rounds,
+                    only: only.clone(),
+                    wrk: wrk.clone(),
+                    writers: *writers,
+                };
+                cpu::run(&cli, plan).await
+            }
             Scenario::Seed { data_dir, orders } => seed(data_dir, *orders).await,
             Scenario::Hold {
                 connections,
@@ -435,30 +481,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Serves `body_size` bytes of JSON to every request until killed.
-async fn bare_server(port: u16, body_size: usize) -> R<String> {
+/// Serves `body_size` bytes of JSON with `status` to every request until killed; a request's
+/// body is read in full first, as any real server does.
+async fn bare_server(port: u16, body_size: usize, status: u16) -> R<String> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let mut body = String::from("{\"pad\":\"");
-    while body.len() + 2 < body_size {
-        body.push('x');
+    let status = hyper::StatusCode::from_u16(status).map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    if body_size > 0 {
+        body.push_str("{\"pad\":\"");
+        while body.len() + 2 < body_size {
+            body.push('x');
+        }
+        body.push_str("\"}");
     }
-    body.push_str("\"}");
     let body = Bytes::from(body);
     loop {
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let body = body.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let body = body.clone();
                 async move {
+                    let _ = req.into_body().collect().await;
                     let mut r = hyper::Response::new(Full::new(body));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
+                    *r.status_mut() = status;
+                    if status != hyper::StatusCode::NOT_MODIFIED {
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                    }
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
@@ -467,6 +522,17 @@ async fn bare_server(port: u16, body_size: usize) -> R<String> {
                 .await;
         });
     }
+}
+
+/// A loopback port free at the time of asking.
+fn free_port() -> R<u16> {
+    Ok(TcpSocket::new_v4()
+        .and_then(|s| {
+            s.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+            s.local_addr()
+        })
+        .map_err(|e| e.to_string())?
+        .port())
 }
 
 /// Runs `connections` keep-alive GET loops on `path` for `seconds`; returns (requests, body size).
@@ -535,13 +601,7 @@ async fn poll(cli: &Cli, connections: usize, seconds: u64) -> R<String> {
     let path = format!("/api/v1/orders/{}/status", orders[0]);
     let (_, body) = hammer(cli.addr, path.clone(), token.clone(), connections, 1).await?;
     // The floor: a bare hyper server in its own process answering the same body size.
-    let port = TcpSocket::new_v4()
-        .and_then(|s| {
-            s.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
-            s.local_addr()
-        })
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = free_port()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe)
         .args([
