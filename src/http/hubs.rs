@@ -103,7 +103,7 @@ pub async fn route(
                 .insert("allow", HeaderValue::from_static("POST, OPTIONS"));
             return ("hub_negotiate", Ok(resp));
         }
-        let mut resp = match principal(app, &req, Credentials::HeaderOnly) {
+        let mut resp = match principal(app, &req, Credentials::HeaderOnly).await {
             Err(p) => p.into_response(&super::new_trace_id()),
             Ok(p) => {
                 let body = app.hubs.negotiate(req.uri().query(), p.sub);
@@ -117,10 +117,10 @@ pub async fn route(
         );
         return ("hub_negotiate", Ok(resp));
     }
-    ("hub_connect", upgrade(app, req, kind, peer))
+    ("hub_connect", upgrade(app, req, kind, peer).await)
 }
 
-fn upgrade(
+async fn upgrade(
     app: &Arc<App>,
     mut req: Request<Incoming>,
     kind: HubKind,
@@ -157,7 +157,7 @@ fn upgrade(
             "This hub only supports the WebSockets transport (RFC 6455, version 13).",
         ));
     };
-    let principal = principal(app, &req, Credentials::HeaderOrQuery)?;
+    let principal = principal(app, &req, Credentials::HeaderOrQuery).await?;
     if let Some(id) = query_value(req.uri().query(), "id") {
         match app.hubs.take_negotiated(&id, principal.sub) {
             Ok(()) => {}

@@ -11,7 +11,7 @@ mod problem;
 pub(crate) mod server;
 pub(crate) mod views;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{bearer_token, AuthError, Authenticator};
 use crate::domain::Principal;
 use crate::metrics::Metrics;
 use crate::store::{Store, WriterHandle};
@@ -161,22 +161,27 @@ pub(crate) enum Credentials {
 
 /// The one bearer-token extraction, for REST and hub endpoints alike: the verified principal,
 /// or the 401 problem. The token never reaches a log line.
-pub(crate) fn principal(
+pub(crate) async fn principal(
     app: &App,
     req: &Request<Incoming>,
     from: Credentials,
 ) -> Result<Principal, Problem> {
-    let verified = match req.headers().get(hyper::header::AUTHORIZATION) {
-        Some(h) => app.auth.verify_header(Some(h.as_bytes())),
+    let token = match req.headers().get(hyper::header::AUTHORIZATION) {
+        Some(h) => std::str::from_utf8(h.as_bytes())
+            .ok()
+            .and_then(bearer_token)
+            .map(str::to_owned)
+            .ok_or(AuthError::Invalid("scheme".into())),
         None => match from {
             Credentials::HeaderOrQuery => {
-                match crate::hub::query_value(req.uri().query(), "access_token") {
-                    Some(t) => app.auth.verify(&t),
-                    None => Err(AuthError::Missing),
-                }
+                crate::hub::query_value(req.uri().query(), "access_token").ok_or(AuthError::Missing)
             }
             Credentials::HeaderOnly => Err(AuthError::Missing),
         },
+    };
+    let verified = match token {
+        Ok(t) => app.auth.authenticate(&t).await,
+        Err(e) => Err(e),
     };
     verified.map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
@@ -235,7 +240,8 @@ async fn route(
             if m != Method::GET && m != Method::HEAD {
                 return ("health", Err(method_not_allowed("GET, HEAD")));
             }
-            let ready = segs[0] == "healthz" || app.ready.load(Ordering::Relaxed);
+            let ready =
+                segs[0] == "healthz" || (app.ready.load(Ordering::Relaxed) && app.auth.ready());
             let (status, body) = if ready {
                 (StatusCode::OK, "ok\n")
             } else {
@@ -251,7 +257,10 @@ async fn route(
                 return ("metrics", Err(method_not_allowed("GET")));
             }
             let stats = app.store.stats().unwrap_or_default();
-            let body = app.metrics.render(stats.file_bytes, stats.orders);
+            let mut body = app.metrics.render(stats.file_bytes, stats.orders);
+            if let Some(jwks) = app.auth.jwks_snapshot() {
+                crate::metrics::render_jwks(&mut body, &jwks);
+            }
             (
                 "metrics",
                 Ok(text_response(
@@ -268,7 +277,7 @@ async fn route(
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
-            let r = match principal(app, &req, Credentials::HeaderOnly) {
+            let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => handlers::place_order(app, &p, req).await,
                 Err(e) => Err(e),
             };
@@ -279,6 +288,7 @@ async fn route(
                 return ("order_history", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
             ("order_history", r)
         }
@@ -287,6 +297,7 @@ async fn route(
                 return ("order_details", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_details(app, &p, req.headers(), id));
             ("order_details", r)
         }
@@ -295,6 +306,7 @@ async fn route(
                 return ("order_status", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_status(app, &p, req.headers(), id));
             ("order_status", r)
         }
@@ -305,7 +317,7 @@ async fn route(
             let Some(action) = handlers::parse_action(action) else {
                 return ("order_action", Err(not_found()));
             };
-            let r = match principal(app, &req, Credentials::HeaderOnly) {
+            let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => handlers::act(app, &p, id, action, req).await,
                 Err(e) => Err(e),
             };
