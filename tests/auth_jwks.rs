@@ -539,3 +539,113 @@ fn jwt_secret_file_works_and_bad_settings_are_one_line_errors() {
         "--jwks-cacert",
     );
 }
+
+// ------------------------------------------------------------------ https
+
+/// `openssl s_server -WWW` serving `dir`'s files over TLS with a certificate for 127.0.0.1
+/// signed by a CA made here; killed on drop.
+struct TlsProvider {
+    child: Child,
+    port: u16,
+}
+
+impl TlsProvider {
+    /// Makes `ca.pem` in `dir` and serves `dir` over https.
+    fn start(dir: &Path) -> TlsProvider {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend_from_slice(&ec);
+        ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+        ca.extend_from_slice(&["-subj", "/CN=ordertrack test CA"]);
+        openssl(dir, &ca);
+        let mut csr = vec!["req"];
+        csr.extend_from_slice(&ec);
+        csr.extend_from_slice(&["-keyout", "srv.key", "-out", "srv.csr"]);
+        csr.extend_from_slice(&["-subj", "/CN=127.0.0.1"]);
+        openssl(dir, &csr);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "srv.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "srv.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args([
+                "s_server", "-quiet", "-WWW", "-cert", "srv.pem", "-key", "srv.key",
+            ])
+            .args(["-accept", &port.to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s_server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsProvider { child, port }
+    }
+}
+
+impl Drop for TlsProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_https_key_set_is_trusted_through_jwks_cacert_and_not_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = make_key(tmp.path(), Algorithm::ES256, "tls-k");
+    std::fs::write(
+        tmp.path().join("jwks.json"),
+        serde_json::json!({ "keys": [key.jwk()] }).to_string(),
+    )
+    .unwrap();
+    let provider = TlsProvider::start(tmp.path());
+    let url = format!("https://127.0.0.1:{}/jwks.json", provider.port);
+    let ca = tmp.path().join("ca.pem");
+    let trusted =
+        Ordertrack::spawn(&["--jwks-url", &url, "--jwks-cacert", ca.to_str().unwrap()]).ready();
+    assert_eq!(trusted.status_with(&key.token(Uuid::new_v4())), 200);
+    drop(trusted);
+
+    // The system's roots do not include the test CA: the handshake fails, nothing loads.
+    let untrusted = Ordertrack::spawn(&["--jwks-url", &url]);
+    assert_eq!(untrusted.readyz_within(Duration::from_secs(2)), Some(503));
+    assert!(untrusted.metric("ordertrack_jwks_fetches_total{result=\"failed\"}") >= 1.0);
+    assert!(
+        untrusted.log().contains("TLS handshake failed"),
+        "{}",
+        untrusted.log()
+    );
+}
