@@ -346,19 +346,28 @@ impl Authenticator {
         if token.is_empty() || token.len() > 8192 {
             return Err(AuthError::Invalid("length".into()));
         }
-        if let Keys::Jwks { set, seen } = &self.keys {
-            // A changed key set may have withdrawn the key of a cached token.
-            let now_seen = set.changes();
-            if seen.swap(now_seen, Ordering::Relaxed) != now_seen {
-                self.cache.clear();
+        // With the provider's keys: a changed set may have withdrawn the key of a cached token,
+        // so the cache starts over, and a token verified under an older set is not cached.
+        let generation = match &self.keys {
+            Keys::Static { .. } => None,
+            Keys::Jwks { set, seen } => {
+                let now_seen = set.changes();
+                if seen.load(Ordering::Relaxed) != now_seen
+                    && seen.swap(now_seen, Ordering::Relaxed) != now_seen
+                {
+                    self.cache.clear();
+                }
+                Some((set, now_seen))
             }
-        }
+        };
         let now = chrono::Utc::now().timestamp();
         if let Some(p) = self.cache.get(token, now) {
             return Ok(p);
         }
         let p = self.verify_uncached(token)?;
-        self.cache.put(token, &p);
+        if generation.is_none_or(|(set, seen)| set.changes() == seen) {
+            self.cache.put(token, &p);
+        }
         Ok(p)
     }
 
