@@ -137,6 +137,8 @@ pub struct Authenticator {
     cache: VerifiedTokens,
 }
 
+// One per process: boxing the static key would only add a pointer chase to every check.
+#[allow(clippy::large_enum_variant)]
 enum Keys {
     /// One key, its algorithm pinned by configuration.
     Static {
