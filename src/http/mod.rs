@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use problem::Problem;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -166,15 +167,19 @@ pub(crate) async fn principal(
     req: &Request<Incoming>,
     from: Credentials,
 ) -> Result<Principal, Problem> {
-    let token = match req.headers().get(hyper::header::AUTHORIZATION) {
+    // Borrowed from the header (no copy per request); the query parameter is decoded, so owned.
+    let header = req.headers().get(hyper::header::AUTHORIZATION);
+    let token: Result<Cow<'_, str>, AuthError> = match header {
         Some(h) => std::str::from_utf8(h.as_bytes())
             .ok()
             .and_then(bearer_token)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .ok_or(AuthError::Invalid("scheme".into())),
         None => match from {
             Credentials::HeaderOrQuery => {
-                crate::hub::query_value(req.uri().query(), "access_token").ok_or(AuthError::Missing)
+                crate::hub::query_value(req.uri().query(), "access_token")
+                    .map(Cow::Owned)
+                    .ok_or(AuthError::Missing)
             }
             Credentials::HeaderOnly => Err(AuthError::Missing),
         },
