@@ -260,7 +260,12 @@ impl Authenticator {
     /// Starts fetching the identity provider's key set (nothing to do with static keys).
     pub fn start_refresh(&self, stop: tokio_util::sync::CancellationToken) {
         if let Keys::Jwks { set, .. } = &self.keys {
-            tokio::spawn(set.clone().run(stop));
+            use tracing::Instrument;
+            tokio::spawn(
+                set.clone()
+                    .run(stop)
+                    .instrument(tracing::info_span!("jwks_refresh")),
+            );
         }
     }
 
