@@ -50,6 +50,7 @@ fn verify(c: &mut Criterion) {
         issuer: None,
         audience: None,
         leeway_secs: 30,
+        jwks: None,
     };
     let auth = Authenticator::new(&settings).expect("authenticator");
     let minter = TokenMinter::new(&settings).expect("minter");

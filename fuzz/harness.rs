@@ -165,6 +165,7 @@ fn authenticator() -> Authenticator {
         issuer: None,
         audience: None,
         leeway_secs: 30,
+        jwks: None,
     })
     .expect("authenticator")
 }

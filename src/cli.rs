@@ -70,6 +70,12 @@ pub struct CommonArgs {
     /// flag, which other users can see in the process list.
     #[arg(long, env = "ORDERTRACK_JWT_SECRET", hide_env_values = true, help_heading = JWT)]
     pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (e.g. a systemd credential).
+    ///
+    /// One trailing newline is ignored; an unreadable or empty file stops the start. Not with
+    /// --jwt-secret.
+    #[arg(long, env = "ORDERTRACK_JWT_SECRET_FILE", help_heading = JWT)]
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM file with the public key for RS256, ES256 or EdDSA.
     #[arg(long, env = "ORDERTRACK_JWT_PUBLIC_KEY", help_heading = JWT)]
     pub jwt_public_key: Option<PathBuf>,
@@ -90,6 +96,22 @@ pub struct CommonArgs {
     /// `nbf`.
     #[arg(long, env = "ORDERTRACK_JWT_LEEWAY", help_heading = JWT)]
     pub jwt_leeway: Option<u64>,
+    /// URL (http or https) of the identity provider's JWK set.
+    ///
+    /// Tokens are checked with the key their `kid` names, each key pinned to its own algorithm
+    /// (RS256, ES256 or EdDSA). The set is refetched on its Cache-Control max-age and when a
+    /// token names an unknown kid; /readyz stays 503 until a first set loads. Not with
+    /// --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwt-algorithm.
+    #[arg(long, env = "ORDERTRACK_JWKS_URL", help_heading = JWT)]
+    pub jwks_url: Option<String>,
+    /// PEM file of the CA(s) to trust for an https --jwks-url [default: the system's roots].
+    #[arg(long, env = "ORDERTRACK_JWKS_CACERT", help_heading = JWT)]
+    pub jwks_cacert: Option<PathBuf>,
+    /// Least time between two fetches of the JWK set, e.g. 30s [default: 30s].
+    ///
+    /// Bounds what tokens with forged kids can make us fetch.
+    #[arg(long, env = "ORDERTRACK_JWKS_MIN_REFRESH", help_heading = JWT)]
+    pub jwks_min_refresh: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 //! key in the optional TOML file, in that order of precedence, then a default. This file
 //! resolves them (and the development secret) into what the commands run with.
 
-use crate::auth::{parse_algorithm, AuthSettings, KeyError};
+use crate::auth::{parse_algorithm, AuthSettings, JwksSettings, KeyError, DEFAULT_MIN_REFRESH};
 use crate::cli::{CommonArgs, ServeArgs};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -21,6 +21,10 @@ pub struct FileConfig {
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway: Option<u64>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_cacert: Option<PathBuf>,
+    pub jwks_min_refresh: Option<String>,
     pub log_format: Option<String>,
     pub max_connections: Option<usize>,
     pub max_hub_connections: Option<usize>,
@@ -60,6 +64,18 @@ pub enum ConfigError {
     Dir(crate::store::dirsync::DirError),
     #[error("{0}")]
     Auth(#[from] KeyError),
+    #[error("cannot read the JWT secret file {0}: {1}")]
+    SecretFile(PathBuf, std::io::Error),
+    #[error("the JWT secret file {0} is empty")]
+    EmptySecretFile(PathBuf),
+    #[error("cannot read --jwks-cacert {0}: {1}")]
+    CaCert(PathBuf, std::io::Error),
+    #[error("--{0} and --{1} cannot be combined: {2}")]
+    Conflict(&'static str, &'static str, &'static str),
+    #[error("--{0} needs --jwks-url")]
+    NeedsJwks(&'static str),
+    #[error("bad --jwks-min-refresh '{0}': use a positive number with s, m, h or d")]
+    MinRefresh(String),
     #[error("log format must be 'text' or 'json', not '{0}'")]
     LogFormat(String),
     #[error("--{0} must be at least 1 (a limit of 0 would refuse everything)")]
@@ -146,13 +162,43 @@ fn resolve_auth(
         Some(p) => Some(std::fs::read(p).map_err(|e| ConfigError::Key(p.clone(), e))?),
         None => None,
     };
+    let secret_file = c.jwt_secret_file.clone().or(f.jwt_secret_file.clone());
     let mut secret = c
         .jwt_secret
         .clone()
         .or(f.jwt_secret.clone())
         .map(String::into_bytes);
+    if let Some(path) = &secret_file {
+        if secret.is_some() {
+            return Err(ConfigError::Conflict(
+                "jwt-secret",
+                "jwt-secret-file",
+                "give the secret one way",
+            ));
+        }
+        secret = Some(read_secret_file(path)?);
+    }
+    let jwks = resolve_jwks(c, f)?;
+    if jwks.is_some() {
+        let static_keys = [
+            ("jwt-secret", secret.is_some() && secret_file.is_none()),
+            ("jwt-secret-file", secret_file.is_some()),
+            ("jwt-public-key", public_key_path.is_some()),
+            (
+                "jwt-algorithm",
+                c.jwt_algorithm.is_some() || f.jwt_algorithm.is_some(),
+            ),
+        ];
+        if let Some((name, _)) = static_keys.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Conflict(
+                "jwks-url",
+                name,
+                "the key set names each key and its algorithm",
+            ));
+        }
+    }
     let mut dev = DevSecret::Unused;
-    if secret.is_none() && algorithm == jsonwebtoken::Algorithm::HS256 {
+    if secret.is_none() && jwks.is_none() && algorithm == jsonwebtoken::Algorithm::HS256 {
         let (s, generated) = dev_secret(data_dir);
         secret = Some(s);
         dev = if generated {
@@ -169,9 +215,53 @@ fn resolve_auth(
             issuer: c.jwt_issuer.clone().or(f.jwt_issuer.clone()),
             audience: c.jwt_audience.clone().or(f.jwt_audience.clone()),
             leeway_secs: c.jwt_leeway.or(f.jwt_leeway).unwrap_or(30),
+            jwks,
         },
         dev,
     ))
+}
+
+/// The HS256 secret in a file (a systemd credential, a mounted secret): its text without the
+/// trailing newline(s) an editor or `echo` leaves. Its content is never logged.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes = std::fs::read(path).map_err(|e| ConfigError::SecretFile(path.into(), e))?;
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(ConfigError::EmptySecretFile(path.into()));
+    }
+    Ok(bytes)
+}
+
+/// The identity provider's key set settings, when `--jwks-url` is given.
+fn resolve_jwks(c: &CommonArgs, f: &FileConfig) -> Result<Option<JwksSettings>, ConfigError> {
+    let url = c.jwks_url.clone().or(f.jwks_url.clone());
+    let cacert = c.jwks_cacert.clone().or(f.jwks_cacert.clone());
+    let min_refresh = c.jwks_min_refresh.clone().or(f.jwks_min_refresh.clone());
+    let Some(url) = url else {
+        return match (cacert, min_refresh) {
+            (Some(_), _) => Err(ConfigError::NeedsJwks("jwks-cacert")),
+            (_, Some(_)) => Err(ConfigError::NeedsJwks("jwks-min-refresh")),
+            _ => Ok(None),
+        };
+    };
+    let min_refresh = match min_refresh {
+        None => DEFAULT_MIN_REFRESH,
+        Some(text) => match parse_ttl(&text) {
+            Ok(secs) if secs > 0 => std::time::Duration::from_secs(secs as u64),
+            _ => return Err(ConfigError::MinRefresh(text)),
+        },
+    };
+    let cacert_pem = match &cacert {
+        Some(p) => Some(std::fs::read(p).map_err(|e| ConfigError::CaCert(p.clone(), e))?),
+        None => None,
+    };
+    Ok(Some(JwksSettings {
+        url,
+        cacert_pem,
+        min_refresh,
+    }))
 }
 
 /// The secret in `dev-jwt-secret` in the data directory, or a new random one (`true`: not

@@ -3,7 +3,8 @@
 //! down; `docs/architecture.md` walks through them, `tests/architecture.rs` checks them):
 //!
 //! - `domain/`: orders, money, the status machine, events, the access rule. Pure.
-//! - `store/`: the redb file, the single writer, the commit log. `auth.rs`: token → principal.
+//! - `store/`: the redb file, the single writer, the commit log. `auth/`: token → principal
+//!   (static keys or the identity provider's JWK set).
 //!   `tls.rs`: certificates, keys and rustls configurations (a leaf).
 //! - `metrics.rs`: the counters behind `/metrics`.
 //! - `hub/`: the SignalR engine (protocol codecs, subscriptions, connections, fan-out).

@@ -414,3 +414,31 @@ impl crate::store::writer::BatchObserver for Metrics {
         self.checkpoint_seconds.observe(seconds);
     }
 }
+
+/// The identity provider's key set (`--jwks-url`): fetches by result, keys loaded, the age of
+/// the last good fetch and tokens refused because their `kid` is in no loaded set.
+pub fn render_jwks(out: &mut String, s: &crate::auth::JwksSnapshot) {
+    out.push_str("# HELP ordertrack_jwks_fetches_total Fetches of the JWK set, by result.\n");
+    out.push_str("# TYPE ordertrack_jwks_fetches_total counter\n");
+    let _ = writeln!(
+        out,
+        "ordertrack_jwks_fetches_total{{result=\"ok\"}} {}\nordertrack_jwks_fetches_total{{result=\"failed\"}} {}",
+        s.fetches_ok, s.fetches_failed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ordertrack_jwks_keys Usable keys in the loaded JWK set.\n# TYPE ordertrack_jwks_keys gauge\nordertrack_jwks_keys {}",
+        s.keys
+    );
+    // NaN before the first success: "never" is not a small age.
+    let age = s.last_success_age_secs.unwrap_or(f64::NAN);
+    let _ = writeln!(
+        out,
+        "# HELP ordertrack_jwks_last_success_age_seconds Seconds since the JWK set was last fetched successfully.\n# TYPE ordertrack_jwks_last_success_age_seconds gauge\nordertrack_jwks_last_success_age_seconds {age}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ordertrack_jwks_unknown_kid_refusals_total Tokens refused because no loaded key has their kid.\n# TYPE ordertrack_jwks_unknown_kid_refusals_total counter\nordertrack_jwks_unknown_kid_refusals_total {}",
+        s.unknown_kid_refusals
+    );
+}

@@ -133,6 +133,7 @@ pub(crate) async fn serve_with(
     )?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
+    auth.start_refresh(shutdown.child_token());
     let hubs = Hubs::new(
         settings.hub.clone(),
         metrics.clone(),

@@ -408,7 +408,7 @@ fn issuer_and_audience_are_checked_when_configured() {
             accepted.push(format!("{what}: {}", r.status));
         }
     }
-    // SERVER BUG (src/auth.rs, Authenticator::new): contract section 1 says `iss` and `aud` are
+    // SERVER BUG (src/auth/mod.rs, Authenticator::new): contract section 1 says `iss` and `aud` are
     // checked when configured, but only the `exp` and `sub` claims are required, so a token that
     // simply leaves `iss` (or `aud`) out is accepted.
     assert!(

@@ -3,7 +3,7 @@
 //! orders, every read, write and hub subscription is allowed exactly when contract section 2
 //! and 4 say so, and refusals for a foreign order are byte-identical to those for a missing one.
 //!
-//! The rule is written here from the contract, independently of `src/auth.rs`. Writes carry an
+//! The rule is written here from the contract, independently of `src/auth/`. Writes carry an
 //! `If-Match` that never matches, so a permitted write answers 412 and changes nothing.
 //! `OT_AUTHZ_CASES` sets the number of random principals (short: 24).
 

@@ -32,11 +32,11 @@ pub async fn route(
     let r = match rest {
         ["db", "backup"] if m != Method::POST => Err(method_not_allowed("POST")),
         ["db", "stats"] if m != Method::GET => Err(method_not_allowed("GET")),
-        ["db", "backup"] => match admin(app, &req) {
+        ["db", "backup"] => match admin(app, &req).await {
             Ok(()) => backup(app).await,
             Err(p) => Err(p),
         },
-        ["db", "stats"] => match admin(app, &req) {
+        ["db", "stats"] => match admin(app, &req).await {
             Ok(()) => stats(app).await,
             Err(p) => Err(p),
         },
@@ -45,8 +45,8 @@ pub async fn route(
     ("admin", r)
 }
 
-fn admin(app: &App, req: &Request<Incoming>) -> Result<(), Problem> {
-    let p = principal(app, req, Credentials::HeaderOnly)?;
+async fn admin(app: &App, req: &Request<Incoming>) -> Result<(), Problem> {
+    let p = principal(app, req, Credentials::HeaderOnly).await?;
     if !p.administrator {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,

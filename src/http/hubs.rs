@@ -106,7 +106,7 @@ pub async fn route(
                 .insert("allow", HeaderValue::from_static("POST, OPTIONS"));
             return ("hub_negotiate", Ok(resp));
         }
-        let mut resp = match principal(app, &req, Credentials::HeaderOnly) {
+        let mut resp = match principal(app, &req, Credentials::HeaderOnly).await {
             Err(p) => p.into_response(&super::new_trace_id()),
             Ok(p) => {
                 let body = app.hubs.negotiate(req.uri().query(), p.sub);
@@ -135,7 +135,7 @@ pub async fn route(
         );
         return (route, Ok(resp));
     }
-    ("hub_connect", upgrade(app, req, kind, peer))
+    ("hub_connect", upgrade(app, req, kind, peer).await)
 }
 
 /// Whether a request asks for a WebSocket upgrade (the other GETs are SSE or long polling).
@@ -170,7 +170,7 @@ pub(super) fn refusal(r: Refused) -> Problem {
     }
 }
 
-fn upgrade(
+async fn upgrade(
     app: &Arc<App>,
     mut req: Request<Incoming>,
     kind: HubKind,
@@ -197,7 +197,7 @@ fn upgrade(
             "This hub only supports the WebSockets transport (RFC 6455, version 13).",
         ));
     };
-    let principal = principal(app, &req, Credentials::HeaderOrQuery)?;
+    let principal = principal(app, &req, Credentials::HeaderOrQuery).await?;
     let id = query_value(req.uri().query(), "id");
     let mut stateful = false;
     if let Some(id) = &id {

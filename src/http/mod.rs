@@ -14,7 +14,7 @@ pub(crate) mod tls;
 mod transports;
 pub(crate) mod views;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{bearer_token, AuthError, Authenticator};
 use crate::domain::Principal;
 use crate::metrics::Metrics;
 use crate::store::{Store, WriterHandle};
@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use problem::Problem;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -184,22 +185,31 @@ pub(crate) enum Credentials {
 
 /// The one bearer-token extraction, for REST and hub endpoints alike: the verified principal,
 /// or the 401 problem. The token never reaches a log line.
-pub(crate) fn principal(
+pub(crate) async fn principal(
     app: &App,
     req: &Request<Incoming>,
     from: Credentials,
 ) -> Result<Principal, Problem> {
-    let verified = match req.headers().get(hyper::header::AUTHORIZATION) {
-        Some(h) => app.auth.verify_header(Some(h.as_bytes())),
+    // Borrowed from the header (no copy per request); the query parameter is decoded, so owned.
+    let header = req.headers().get(hyper::header::AUTHORIZATION);
+    let token: Result<Cow<'_, str>, AuthError> = match header {
+        Some(h) => std::str::from_utf8(h.as_bytes())
+            .ok()
+            .and_then(bearer_token)
+            .map(Cow::Borrowed)
+            .ok_or(AuthError::Invalid("scheme".into())),
         None => match from {
             Credentials::HeaderOrQuery => {
-                match crate::hub::query_value(req.uri().query(), "access_token") {
-                    Some(t) => app.auth.verify(&t),
-                    None => Err(AuthError::Missing),
-                }
+                crate::hub::query_value(req.uri().query(), "access_token")
+                    .map(Cow::Owned)
+                    .ok_or(AuthError::Missing)
             }
             Credentials::HeaderOnly => Err(AuthError::Missing),
         },
+    };
+    let verified = match token {
+        Ok(t) => app.auth.authenticate(&t).await,
+        Err(e) => Err(e),
     };
     verified.map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
@@ -274,7 +284,8 @@ async fn route(
             if m != Method::GET && m != Method::HEAD {
                 return ("health", Err(method_not_allowed("GET, HEAD")));
             }
-            let ready = segs[0] == "healthz" || app.ready.load(Ordering::Relaxed);
+            let ready =
+                segs[0] == "healthz" || (app.ready.load(Ordering::Relaxed) && app.auth.ready());
             let (status, body) = if ready {
                 (StatusCode::OK, "ok\n")
             } else {
@@ -290,7 +301,10 @@ async fn route(
                 return ("metrics", Err(method_not_allowed("GET")));
             }
             let stats = app.store.stats().unwrap_or_default();
-            let body = app.metrics.render(stats.file_bytes, stats.orders);
+            let mut body = app.metrics.render(stats.file_bytes, stats.orders);
+            if let Some(jwks) = app.auth.jwks_snapshot() {
+                crate::metrics::render_jwks(&mut body, &jwks);
+            }
             (
                 "metrics",
                 Ok(text_response(
@@ -309,7 +323,7 @@ async fn route(
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
-            let r = match principal(app, &req, Credentials::HeaderOnly) {
+            let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => Box::pin(handlers::place_order(app, &p, req)).await,
                 Err(e) => Err(e),
             };
@@ -320,6 +334,7 @@ async fn route(
                 return ("order_history", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
             ("order_history", r)
         }
@@ -328,6 +343,7 @@ async fn route(
                 return ("order_details", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_details(app, &p, req.headers(), id));
             ("order_details", r)
         }
@@ -336,6 +352,7 @@ async fn route(
                 return ("order_status", Err(method_not_allowed("GET")));
             }
             let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
                 .and_then(|p| handlers::get_status(app, &p, req.headers(), id));
             ("order_status", r)
         }
@@ -346,7 +363,7 @@ async fn route(
             let Some(action) = handlers::parse_action(action) else {
                 return ("order_action", Err(not_found()));
             };
-            let r = match principal(app, &req, Credentials::HeaderOnly) {
+            let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => Box::pin(handlers::act(app, &p, id, action, req)).await,
                 Err(e) => Err(e),
             };

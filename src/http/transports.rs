@@ -122,7 +122,7 @@ pub async fn serve(
             Ok(plain(StatusCode::BAD_REQUEST, "Connection ID required\n")),
         );
     };
-    let who = match principal(app, &req, Credentials::HeaderOrQuery) {
+    let who = match principal(app, &req, Credentials::HeaderOrQuery).await {
         Ok(p) => p,
         Err(p) => return (route, Err(p)),
     };

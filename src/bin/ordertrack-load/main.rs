@@ -322,6 +322,7 @@ fn minter(secret: &str) -> R<TokenMinter> {
         issuer: None,
         audience: None,
         leeway_secs: 30,
+        jwks: None,
     })
     .map_err(|e| e.to_string())
 }

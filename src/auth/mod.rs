@@ -1,12 +1,21 @@
 //! Authentication: a bearer JWT becomes a `domain::Principal` (subject, roles, restaurant
 //! permissions, expiry), with a cache of verified tokens; and the minting of tokens for the
 //! `token` command, the demo and the tests. What a principal may see and do is decided in
-//! `domain/access.rs`, not here.
+//! `domain/access.rs`, not here. Keys are static (a secret or a PEM public key, pinned by
+//! configuration) or come from the identity provider's JWK set (`jwks.rs`, fetched by
+//! `fetch.rs`).
+
+mod fetch;
+mod jwks;
+
+pub use jwks::{JwksSettings, JwksSnapshot, DEFAULT_MIN_REFRESH};
 
 use crate::domain::Principal;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -45,6 +54,8 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("invalid token: its key is not in the identity provider's key set")]
+    UnknownKey,
 }
 
 #[derive(Debug, Error)]
@@ -61,6 +72,8 @@ pub enum KeyError {
     SelfTest(String),
     #[error("tokens can only be minted with HS256 and a secret")]
     CannotMint,
+    #[error("{0}")]
+    Jwks(#[from] fetch::SourceError),
 }
 
 /// The algorithms the server can be pinned to.
@@ -83,6 +96,8 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: u64,
+    /// Keys from the identity provider instead of `secret`/`public_key_pem`.
+    pub jwks: Option<JwksSettings>,
 }
 
 /// A string or an array of strings, as `role` and `permission` claims come.
@@ -115,11 +130,26 @@ struct Claims {
     permission: OneOrMany,
 }
 
-/// Verifies bearer tokens with one pinned algorithm and key.
+/// Verifies bearer tokens with one pinned algorithm and key, or with the identity provider's
+/// key set.
 pub struct Authenticator {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Keys,
     cache: VerifiedTokens,
+}
+
+// One per process: boxing the static key would only add a pointer chase to every check.
+#[allow(clippy::large_enum_variant)]
+enum Keys {
+    /// One key, its algorithm pinned by configuration.
+    Static {
+        key: DecodingKey,
+        validation: Validation,
+    },
+    /// The provider's keys; `seen` is the set's change count the token cache was filled under.
+    Jwks {
+        set: Arc<jwks::Jwks>,
+        seen: AtomicU64,
+    },
 }
 
 /// Tokens that already passed verification, keyed by their exact text, kept until they expire.
@@ -164,6 +194,12 @@ impl VerifiedTokens {
         }
     }
 
+    fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
     fn put(&self, token: &str, p: &Principal) {
         let mut m = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= self.per_shard {
@@ -175,6 +211,18 @@ impl VerifiedTokens {
 
 impl Authenticator {
     pub fn new(s: &AuthSettings) -> Result<Self, KeyError> {
+        let validation = base_validation(s);
+        let cache = VerifiedTokens::new(100_000, s.leeway_secs);
+        if let Some(j) = &s.jwks {
+            let set = Arc::new(jwks::Jwks::new(j, validation)?);
+            return Ok(Authenticator {
+                keys: Keys::Jwks {
+                    set,
+                    seen: AtomicU64::new(0),
+                },
+                cache,
+            });
+        }
         let key = match s.algorithm {
             Algorithm::HS256 => {
                 DecodingKey::from_secret(s.secret.as_deref().ok_or(KeyError::NoSecret)?)
@@ -197,27 +245,11 @@ impl Authenticator {
                 parsed.map_err(|e| KeyError::BadKey(e.to_string()))?
             }
         };
-        let mut validation = Validation::new(s.algorithm);
-        validation.leeway = s.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        match &s.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &s.issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        validation.set_required_spec_claims(&required);
+        let mut validation = validation;
+        validation.algorithms = vec![s.algorithm];
         let auth = Authenticator {
-            key,
-            validation,
-            cache: VerifiedTokens::new(100_000, s.leeway_secs),
+            keys: Keys::Static { key, validation },
+            cache,
         };
         if s.algorithm == Algorithm::HS256 {
             auth.self_test(s)?;
@@ -225,32 +257,124 @@ impl Authenticator {
         Ok(auth)
     }
 
+    /// Starts fetching the identity provider's key set (nothing to do with static keys).
+    pub fn start_refresh(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Keys::Jwks { set, .. } = &self.keys {
+            use tracing::Instrument;
+            tokio::spawn(
+                set.clone()
+                    .run(stop)
+                    .instrument(tracing::info_span!("jwks_refresh")),
+            );
+        }
+    }
+
+    /// False until a key set has loaded (always true with static keys).
+    pub fn ready(&self) -> bool {
+        match &self.keys {
+            Keys::Static { .. } => true,
+            Keys::Jwks { set, .. } => set.loaded(),
+        }
+    }
+
+    /// The key set's numbers, with `--jwks-url`.
+    pub fn jwks_snapshot(&self) -> Option<JwksSnapshot> {
+        match &self.keys {
+            Keys::Static { .. } => None,
+            Keys::Jwks { set, .. } => Some(set.snapshot()),
+        }
+    }
+
     /// Mints and verifies one token so a broken crypto backend fails at start-up, not at the
     /// first request.
     fn self_test(&self, s: &AuthSettings) -> Result<(), KeyError> {
+        let Keys::Static { key, validation } = &self.keys else {
+            return Ok(());
+        };
         let minter = TokenMinter::new(s)?;
         let token = minter
             .mint(Uuid::nil(), &[], &[], 60)
             .map_err(|e| KeyError::SelfTest(e.to_string()))?;
-        let mut v = self.validation.clone();
+        let mut v = validation.clone();
         v.validate_aud = false;
         v.iss = None;
-        jsonwebtoken::decode::<Claims>(&token, &self.key, &v)
+        jsonwebtoken::decode::<Claims>(&token, key, &v)
             .map(|_| ())
             .map_err(|e| KeyError::SelfTest(e.to_string()))
     }
 
+    /// Verifies a raw token, and with the identity provider's keys, fetches the set once when
+    /// the token names a key it does not hold (rate-limited; see `jwks.rs`).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let first = self.verify(token);
+        let Keys::Jwks { set, .. } = &self.keys else {
+            return first;
+        };
+        if !matches!(first, Err(AuthError::UnknownKey)) {
+            return first;
+        }
+        let again = if set.refresh_for_unknown_kid(token).await {
+            self.verify(token)
+        } else {
+            first
+        };
+        if matches!(again, Err(AuthError::UnknownKey)) {
+            set.count_unknown_kid();
+        }
+        again
+    }
+}
+
+/// The checks every key shares: exp/nbf with leeway, `sub`, and `iss`/`aud` when configured.
+fn base_validation(s: &AuthSettings) -> Validation {
+    let mut validation = Validation::new(s.algorithm);
+    validation.leeway = s.leeway_secs;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &s.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &s.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+impl Authenticator {
     /// Verifies a raw token (without the `Bearer ` prefix).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.is_empty() || token.len() > 8192 {
             return Err(AuthError::Invalid("length".into()));
         }
+        // With the provider's keys: a changed set may have withdrawn the key of a cached token,
+        // so the cache starts over, and a token verified under an older set is not cached.
+        let generation = match &self.keys {
+            Keys::Static { .. } => None,
+            Keys::Jwks { set, seen } => {
+                let now_seen = set.changes();
+                if seen.load(Ordering::Relaxed) != now_seen
+                    && seen.swap(now_seen, Ordering::Relaxed) != now_seen
+                {
+                    self.cache.clear();
+                }
+                Some((set, now_seen))
+            }
+        };
         let now = chrono::Utc::now().timestamp();
         if let Some(p) = self.cache.get(token, now) {
             return Ok(p);
         }
         let p = self.verify_uncached(token)?;
-        self.cache.put(token, &p);
+        if generation.is_none_or(|(set, seen)| set.changes() == seen) {
+            self.cache.put(token, &p);
+        }
         Ok(p)
     }
 
@@ -259,8 +383,17 @@ impl Authenticator {
     /// this one through the `testing` door.
     pub fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         refuse_critical_extensions(token)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?;
+        let invalid =
+            |e: jsonwebtoken::errors::Error| AuthError::Invalid(format!("{:?}", e.kind()));
+        let data = match &self.keys {
+            Keys::Static { key, validation } => {
+                jsonwebtoken::decode::<Claims>(token, key, validation).map_err(invalid)?
+            }
+            Keys::Jwks { set, .. } => {
+                let k = set.key_for(token)?;
+                jsonwebtoken::decode::<Claims>(token, &k.key, &k.validation).map_err(invalid)?
+            }
+        };
         let c = data.claims;
         let sub = canonical_uuid(&c.sub)
             .ok_or_else(|| AuthError::Invalid("sub is not a UUID in its standard form".into()))?;
@@ -368,7 +501,7 @@ pub struct TokenMinter {
 
 impl TokenMinter {
     pub fn new(s: &AuthSettings) -> Result<Self, KeyError> {
-        if s.algorithm != Algorithm::HS256 {
+        if s.algorithm != Algorithm::HS256 || s.jwks.is_some() {
             return Err(KeyError::CannotMint);
         }
         let secret = s.secret.as_deref().ok_or(KeyError::NoSecret)?;
@@ -413,6 +546,7 @@ mod tests {
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            jwks: None,
         }
     }
 
