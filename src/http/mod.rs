@@ -282,6 +282,14 @@ async fn route(
                 .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
             ("order_history", r)
         }
+        ["api", "v1", "restaurants", id, "orders"] => {
+            if m != Method::GET {
+                return ("restaurant_orders", Err(method_not_allowed("GET")));
+            }
+            let r = principal(app, &req, Credentials::HeaderOnly)
+                .and_then(|p| handlers::get_board(app, &p, id, req.uri().query()));
+            ("restaurant_orders", r)
+        }
         ["api", "v1", "orders", id] => {
             if m != Method::GET {
                 return ("order_details", Err(method_not_allowed("GET")));

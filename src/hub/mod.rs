@@ -18,6 +18,7 @@ mod negotiate;
 mod outbound;
 pub mod protocol;
 mod quota;
+mod resume;
 mod subscriptions;
 
 pub use negotiate::{negotiate_body, query_value, ConnectionTokens, TokenRefusal};
@@ -320,7 +321,7 @@ impl Hubs {
                 Protocol::MessagePack => msgpack
                     .get_or_insert_with(|| encode_event(Protocol::MessagePack, method, &event.dto)),
             };
-            if sub.push(frame.clone()) {
+            if sub.push_event(frame.clone(), event.restaurant_id(), event.seq) {
                 delivered += 1;
             } else {
                 self.metrics

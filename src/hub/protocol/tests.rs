@@ -219,8 +219,8 @@ fn msgpack_js_encodings() {
     assert_eq!(
         drain(&mut d),
         vec![
-            invocation(Some("0"), "Send", vec![Arg::Other]),
-            invocation(None, "Send", vec![Arg::Other]),
+            invocation(Some("0"), "Send", vec![Arg::UInt(42)]),
+            invocation(None, "Send", vec![Arg::UInt(42)]),
             ClientMessage::Completion {
                 invocation_id: "1".into()
             },
@@ -380,7 +380,7 @@ fn json_batched_records_in_one_frame() {
                 None,
                 "Send",
                 vec![
-                    Arg::Other,
+                    Arg::UInt(1),
                     Arg::Other,
                     Arg::Other,
                     Arg::Other,
@@ -420,7 +420,7 @@ fn json_type_last_and_client_shapes() {
     let decode = |s: &str| decode_json_record(s.as_bytes());
     assert_eq!(
         decode(r#"{"target":"Send","arguments":[1],"invocationId":"0","type":1}"#).unwrap(),
-        invocation(Some("0"), "Send", vec![Arg::Other])
+        invocation(Some("0"), "Send", vec![Arg::UInt(1)])
     );
     assert_eq!(
         decode(r#"{"invocationId":"3","type":5}"#).unwrap(),
