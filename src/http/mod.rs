@@ -4,6 +4,7 @@
 //! (negotiate, upgrade, CORS), `views.rs` the JSON shapes and `problem.rs` the RFC 7807 answers.
 
 mod admin;
+mod board;
 mod handlers;
 mod hubs;
 mod openapi;
@@ -262,6 +263,14 @@ async fn route(
             )
         }
         ["openapi.json"] => ("openapi", openapi::serve(req.method())),
+        ["board"] | ["board", ""] => match board::serve(req.method(), None) {
+            Some(r) => ("board_page", r),
+            None => ("not_found", Err(not_found())),
+        },
+        ["board", asset] => match board::serve(req.method(), Some(asset)) {
+            Some(r) => ("board_page", r),
+            None => ("not_found", Err(not_found())),
+        },
         ["admin", rest @ ..] => admin::route(app, req, rest).await,
         ["hubs", hub, rest @ ..] => hubs::route(app, req, hub, rest, peer).await,
         ["api", "v1", "orders"] => {
