@@ -697,3 +697,120 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewOrder, Timestamp};
+
+    fn order(restaurant: Uuid, placed: i64) -> Order {
+        let body = serde_json::json!({
+            "customerId": Uuid::new_v4(), "restaurantId": restaurant, "restaurantName": "R",
+            "currency": "USD", "paymentMethod": "CashOnDelivery",
+            "items": [{"menuItemId": Uuid::new_v4(), "name": "P", "quantity": 1, "unitPrice": 1}]
+        });
+        let new = NewOrder::parse(body.to_string().as_bytes()).unwrap();
+        new.into_order(
+            Uuid::now_v7(),
+            format!("ORD-2026-{placed:06}"),
+            Timestamp(1_700_000_000_000 + placed),
+            &mut Uuid::new_v4,
+        )
+    }
+
+    #[test]
+    fn opening_a_file_without_the_board_builds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            commit_log_bytes: 0,
+            ..Default::default()
+        };
+        let r = Uuid::new_v4();
+        let orders: Vec<Order> = (0..3).map(|i| order(r, 3 - i)).collect();
+        {
+            // A file as an older binary left it: orders, no board, no flag.
+            let store = Store::open(dir.path(), &settings).unwrap();
+            let db = store.db().unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(ORDERS).unwrap();
+                for o in &orders {
+                    t.insert(o.id.as_bytes(), encode(o).unwrap().as_slice())
+                        .unwrap();
+                }
+                w.open_table(META).unwrap().remove(BOARD_BUILT).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), &settings).unwrap();
+        let page = store.board(r, &[OrderStatus::Placed], 1, 10).unwrap();
+        assert_eq!(page.total_count, 3);
+        let got: Vec<Uuid> = page.orders.iter().map(|o| o.id).collect();
+        let want: Vec<Uuid> = orders.iter().rev().map(|o| o.id).collect();
+        assert_eq!(got, want, "oldest first");
+        let db = store.db().unwrap();
+        // Only the board's part of the check: this file lacks the older indexes on purpose.
+        let report = maintenance::check_invariants(db.as_ref()).unwrap();
+        let board: Vec<&String> = report
+            .problems
+            .iter()
+            .filter(|p| {
+                p.contains("board")
+                    || p.contains("restaurant's")
+                    || p.contains("restaurant counters")
+            })
+            .collect();
+        assert!(board.is_empty(), "{board:?}");
+    }
+
+    #[test]
+    fn a_cursor_the_outbox_no_longer_covers_is_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreSettings::default()).unwrap();
+        let r = Uuid::new_v4();
+        let db = store.db().unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut outbox = w.open_table(OUTBOX).unwrap();
+            for seq in 5..=9u64 {
+                let o = order(if seq % 2 == 0 { r } else { Uuid::new_v4() }, seq as i64);
+                let e = OrderEvent {
+                    seq,
+                    kind: crate::domain::EventKind::OrderPlaced,
+                    customer_id: o.customer_id,
+                    dto: crate::domain::OrderStatusBroadcast::of(&o, o.placed_at, None),
+                };
+                outbox.insert(seq, encode(&e).unwrap().as_slice()).unwrap();
+            }
+            w.open_table(META).unwrap().insert(EVENT_SEQ, 9).unwrap();
+        }
+        w.commit().unwrap();
+        // Events 1..=4 were removed: cursor 4 is still covered, 3 is not.
+        match store.restaurant_events_after(r, 4, 100).unwrap() {
+            Replay::Events { events, upto } => {
+                let seqs: Vec<Option<u64>> = events.iter().map(|e| e.dto.sequence).collect();
+                assert_eq!((seqs, upto), (vec![Some(6), Some(8)], 9));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.restaurant_events_after(r, 3, 100).unwrap(),
+            Replay::Expired {
+                oldest: 5,
+                newest: 9
+            }
+        ));
+        assert!(matches!(
+            store.restaurant_events_after(r, 10, 100).unwrap(),
+            Replay::Expired { .. }
+        ));
+        assert!(matches!(
+            store.restaurant_events_after(r, 4, 4).unwrap(),
+            Replay::TooFar { newest: 9 }
+        ));
+        match store.restaurant_events_after(r, 9, 100).unwrap() {
+            Replay::Events { events, upto } => assert!(events.is_empty() && upto == 9),
+            other => panic!("{other:?}"),
+        }
+    }
+}
