@@ -36,13 +36,16 @@ struct Queue {
     waker: Option<Waker>,
     /// While a `ResumeRestaurant` replays (`hold` … `release`): live frames wait here, each
     /// with the restaurant and sequence of its event when it is one.
-    held: Option<VecDeque<(Bytes, Option<(Uuid, u64)>)>>,
+    held: Option<VecDeque<(Bytes, EventTag)>>,
     /// Per resumed restaurant, the newest sequence a replay carried: a live event of that
     /// restaurant at or below it (committed before the replay's read, published after it) is
     /// a duplicate and dropped. One entry per resumed restaurant, so at most the
     /// subscription cap.
     floors: Vec<(Uuid, u64)>,
 }
+
+/// The restaurant and sequence of the event a frame carries (`None`: not an event).
+type EventTag = Option<(Uuid, u64)>;
 
 /// What a connection finds in its queue.
 pub(super) enum Queued {
@@ -109,7 +112,7 @@ impl Outbound {
         self.push_tagged(frame, Some((restaurant, seq)))
     }
 
-    fn push_tagged(&self, frame: Bytes, event: Option<(Uuid, u64)>) -> bool {
+    fn push_tagged(&self, frame: Bytes, event: EventTag) -> bool {
         let mut q = self.lock();
         if q.closed || q.slow {
             return true;
