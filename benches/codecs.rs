@@ -34,6 +34,7 @@ fn dto() -> OrderStatusBroadcast {
         occurred_on: now,
         event_id: Some(Uuid::from_u128(0x0196_0d2e_6c1b_7000_8000_0000_0000_0042)),
         version: 3,
+        sequence: Some(1),
     }
 }
 

@@ -38,6 +38,7 @@ fn event(order: Uuid) -> OrderEvent {
             occurred_on: now,
             event_id: Some(Uuid::now_v7()),
             version: 3,
+            sequence: Some(1),
         },
     }
 }

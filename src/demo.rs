@@ -219,6 +219,14 @@ impl World {
             self.customers.len(),
             args.rate
         ));
+        let r = &self.restaurants[0];
+        say(&format!(
+            "kitchen board of {} (open in a browser; the token stays in the #fragment): {}/board#token={}&restaurant={}",
+            r.name,
+            self.ep.base(),
+            r.staff_token,
+            r.id
+        ));
         tokio::spawn(
             self.clone()
                 .featured(Duration::from_millis(args.lead_ms), stop.clone()),

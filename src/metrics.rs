@@ -13,6 +13,8 @@ pub const ROUTES: &[&str] = &[
     "order_status",
     "order_details",
     "order_history",
+    "restaurant_orders",
+    "board_page",
     "order_action",
     "hub_negotiate",
     "hub_connect",

@@ -270,6 +270,34 @@ fn real_answers_match_the_openapi_document() {
     );
     api.check("get", MY, &send(c.get(s(MY))));
 
+    // The kitchen board and its page.
+    const BOARD: &str = "/api/v1/restaurants/{restaurantId}/orders";
+    let board = format!("/api/v1/restaurants/{}/orders", cast.restaurant);
+    for (token, q) in [
+        (&cast.staff_token, ""),
+        (
+            &cast.owner_token,
+            "?status=Placed&status=AwaitingPayment,Accepted&pageSize=1",
+        ),
+        (&cast.admin_token, "?pageNumber=9"),
+        (&cast.staff_token, "?status=Cooking"),
+        (&cast.stranger_token, ""),
+    ] {
+        api.check(
+            "get",
+            BOARD,
+            &get_with(&server, token, &format!("{board}{q}"), &[]),
+        );
+    }
+    api.check("get", BOARD, &send(c.get(s(&board))));
+    api.check(
+        "get",
+        BOARD,
+        &send(c.post(s(&board)).bearer_auth(&cast.staff_token)),
+    );
+    api.check("get", "/board", &send(c.get(s("/board"))));
+    api.check("get", "/board", &send(c.delete(s("/board"))));
+
     // Actions, each at least once successfully.
     let act_path = |id: &str, a: &str| format!("/api/v1/orders/{id}/{a}");
     let mut run =

@@ -53,6 +53,7 @@ fn dto() -> impl Strategy<Value = OrderStatusBroadcast> {
                     occurred_on: Timestamp(occurred),
                     event_id: event,
                     version,
+                    sequence: Some(version),
                 }
             },
         )
@@ -207,6 +208,7 @@ proptest! {
         prop_assert_eq!(&a["occurredOnUtc"], &rfc3339(Some(d.occurred_on)));
         prop_assert_eq!(&a["eventId"], &d.event_id.map(|e| json!(e)).unwrap_or(Value::Null));
         prop_assert_eq!(&a["version"], &json!(d.version));
+        prop_assert_eq!(&a["sequence"], &json!(d.sequence));
 
         let mp_frame = encode_event(Protocol::MessagePack, method, &d);
         let msgs = mp_messages(&mp_frame);

@@ -612,6 +612,10 @@ function checkDto(dto, { protocol, orderId, status, restaurantId, isEvent = true
       typeof dto.eventId === "string" && dto.eventId.length > 0,
       `${label}: eventId missing or not a string: ${show(dto.eventId)}`,
     );
+    assert(
+      Number.isInteger(dto.sequence) && dto.sequence > 0,
+      `${label}: sequence missing or not a positive integer: ${show(dto.sequence)}`,
+    );
   }
 }
 
@@ -1757,6 +1761,115 @@ scenario(
     await page.evaluate(() => window.__stop());
   },
   { browser: true, timeout: 60_000 },
+);
+
+// w) the kitchen board: ResumeRestaurant with the official client (replay after a cursor
+// from the board endpoint, then live, while writes race it; CursorExpired), and the /board
+// page in Chromium following a restaurant across a server restart.
+async function boardCursor(restaurantId, staff) {
+  const res = await api("GET", `/api/v1/restaurants/${restaurantId}/orders?pageSize=100`, staff.token);
+  return expectStatus(res, 200, "GET /api/v1/restaurants/{id}/orders");
+}
+
+for (const protocol of PROTOCOLS) {
+  scenario(`w/resume/${protocol}`, "ResumeRestaurant: replay after the board's cursor, then live, racing writes", async (ctx) => {
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const customer = await newCustomer();
+    const place = () => placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    await place();
+    const { cursor } = await boardCursor(restaurantId, staff);
+    assert(Number.isInteger(cursor) && cursor > 0, `board cursor ${show(cursor)}`);
+    const missed = [await place(), await place()];
+    const c = await ctx.connect({ hub: RESTAURANT_HUB, token: staff.token, protocol, label: `resume/${protocol}` });
+    // Writes race the resume: some commit before its outbox read, some after.
+    const racing = Promise.all([place(), place(), place()]);
+    await c.invoke("ResumeRestaurant", restaurantId, cursor);
+    const raced = await racing;
+    const want = [...missed, ...raced].map((o) => o.orderId);
+    await waitUntil(() => c.events.length >= want.length, `${c.label}: ${want.length} events`);
+    await sleep(GRACE_MS);
+    const got = c.events.map((e) => e.dto.orderId);
+    assertEq(got.length, want.length, `${c.label}: number of events (${fmtEvents(c.events)})`);
+    assertEq(JSON.stringify(got.slice(0, 2)), JSON.stringify(want.slice(0, 2)), `${c.label}: replayed orders first`);
+    assertEq(JSON.stringify([...got].sort()), JSON.stringify([...want].sort()), `${c.label}: every order once`);
+    const seqs = c.events.map((e) => e.dto.sequence);
+    assert(seqs.every((s, i) => s > cursor && (i === 0 || s > seqs[i - 1])), `${c.label}: sequences ${seqs}`);
+    c.events.forEach((e, i) =>
+      checkDto(e.dto, { protocol, orderId: e.dto.orderId, status: "Placed", restaurantId, label: `${c.label} #${i + 1}` }),
+    );
+    const live = await place();
+    await c.waitEvents(live.orderId, 1, `${c.label}: a live event after the replay`);
+    await expectRejection(c.invoke("ResumeRestaurant", restaurantId, 1e12), `${c.label}: cursor past the newest event`, c).then(
+      (e) => assert(String(e?.message ?? e).startsWith("CursorExpired:"), `${c.label}: error ${show(e?.message ?? e)}`),
+    );
+  });
+}
+
+scenario(
+  "w/board",
+  "/board in Chromium: loads, follows live, survives a server restart without losing an order",
+  async (ctx, env) => {
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const customer = await newCustomer();
+    const place = () => placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" });
+    const first = [await place(), await place()];
+    const browser = await env.browser();
+    const page = await browser.newPage({ viewport: { width: 1200, height: 600 } });
+    ctx.defer(() => page.close());
+    const consoleLines = [];
+    const requests = [];
+    page.on("console", (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`[pageerror] ${e.message}`));
+    page.on("request", (r) => requests.push(r.url()));
+    ctx.defer(() => {
+      if (ctx.failed && consoleLines.length) console.log(indent(consoleLines.slice(-15).join("\n")));
+    });
+    const shots = path.join(REPO, "target", "interop");
+    fs.mkdirSync(shots, { recursive: true });
+    const onBoard = (id, status) =>
+      page.evaluate(
+        ([id, status]) => !!document.querySelector(`section[data-status="${status}"] li[data-order-id="${id}"]`),
+        [id, status],
+      );
+    const waitOnBoard = (id, status, what) => waitUntil(() => onBoard(id, status), `page: ${what}`, 20_000, 100);
+    const live = () => page.evaluate(() => document.getElementById("state").dataset.state === "live");
+
+    await page.goto(`${state.base}/board#token=${staff.token}&restaurant=${restaurantId}`, { timeout: WAIT_MS });
+    for (const o of first) await waitOnBoard(o.orderId, "Placed", "orders from the board endpoint");
+    await waitUntil(live, "page: live after ResumeRestaurant", WAIT_MS, 100);
+    const third = await place();
+    await waitOnBoard(third.orderId, "Placed", "a live ReceiveOrderPlaced");
+    await act(first[0].orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    await waitOnBoard(first[0].orderId, "Accepted", "a live status change");
+
+    const stopped = await env.server.stop();
+    assertEq(stopped.code, 0, "server exit code after SIGTERM");
+    await env.server.start();
+    // Placed while the page is still reconnecting: only the resume can bring it.
+    const during = await place();
+    await act(first[1].orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
+    await waitOnBoard(during.orderId, "Placed", "the order placed during the reconnect");
+    await waitOnBoard(first[1].orderId, "Accepted", "the change made during the reconnect");
+    await waitUntil(live, "page: live again after the restart", 20_000, 100);
+    const after = await place();
+    await waitOnBoard(after.orderId, "Placed", "a live event after the restart");
+    const shot = path.join(shots, "board-after-restart.png");
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(indent(`screenshot: ${shot}`));
+    const count = await page.evaluate(() => document.querySelectorAll("main li").length);
+    assertEq(count, 5, "page: orders on the board");
+    assert(
+      requests.every((u) => u.startsWith(state.base) || u.startsWith("ws://127.0.0.1")),
+      `page fetched from elsewhere: ${requests.filter((u) => !u.startsWith(state.base)).join(", ")}`,
+    );
+    assert(
+      requests.every((u) => !/[?&](token|access_token)=/.test(u) || u.startsWith("ws://")),
+      "page: a token in an HTTP query string",
+    );
+  },
+  { browser: true, needsOwnServer: true, timeout: 90_000 },
 );
 
 // ------------------------------------------------------------------ the browser side

@@ -23,6 +23,10 @@ pub struct OrderStatusBroadcast {
     /// `None` for a snapshot that is not an event (the `SubscribeToOrder` answer).
     pub event_id: Option<Uuid>,
     pub version: u64,
+    /// The event's outbox position (`OrderEvent::seq`); `None` for a snapshot. Events stored
+    /// before the field existed decode without it.
+    #[serde(default)]
+    pub sequence: Option<u64>,
 }
 
 impl OrderStatusBroadcast {
@@ -44,6 +48,7 @@ impl OrderStatusBroadcast {
             occurred_on,
             event_id,
             version: order.version,
+            sequence: None,
         }
     }
 }

@@ -157,23 +157,31 @@ pub fn get_details(
     }))
 }
 
-fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        out.insert(dec(k).to_ascii_lowercase(), dec(v));
-    }
-    out
+/// Every `key=value` pair of a query string, percent-decoded, keys lowercased, in order.
+fn query_list(query: Option<&str>) -> Vec<(String, String)> {
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (dec(k).to_ascii_lowercase(), dec(v))
+        })
+        .collect()
 }
 
-pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp, Problem> {
-    let q = query_pairs(query);
-    let mut errors = FieldErrors::new();
+/// The query's pairs by key; a repeated key keeps its last value.
+fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
+    query_list(query).into_iter().collect()
+}
+
+/// `pageNumber` and `pageSize` (1..max, defaults 1 and 10); bad values go to `errors`.
+fn paging(q: &HashMap<String, String>, errors: &mut FieldErrors) -> (u32, u32) {
     let mut number = |key: &str, field: &str, default: u32, max: u32| -> u32 {
         match q.get(key) {
             None => default,
@@ -191,9 +199,19 @@ pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp
     };
     let page_number = number("pagenumber", "pageNumber", 1, MAX_PAGE_NUMBER);
     let page_size = number("pagesize", "pageSize", 10, MAX_PAGE_SIZE);
-    let mut statuses = None;
-    if let Some(raw) = q.get("status") {
-        let mut list = Vec::new();
+    (page_number, page_size)
+}
+
+/// The statuses named by `raws` (each a comma list), without repeats; `None` when no `status`
+/// was given. Unknown names and an empty list go to `errors`.
+fn status_filter<'q>(
+    raws: impl Iterator<Item = &'q str>,
+    errors: &mut FieldErrors,
+) -> Option<Vec<OrderStatus>> {
+    let mut given = false;
+    let mut list = Vec::new();
+    for raw in raws {
+        given = true;
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match OrderStatus::parse(name) {
                 Some(s) if !list.contains(&s) => list.push(s),
@@ -204,14 +222,31 @@ pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp
                     .push(format!("'{name}' is not a status")),
             }
         }
-        if list.is_empty() && !errors.contains_key("status") {
-            errors
-                .entry("status".into())
-                .or_default()
-                .push("must name at least one status".into());
-        }
-        statuses = Some(list);
     }
+    if !given {
+        return None;
+    }
+    if list.is_empty() && !errors.contains_key("status") {
+        errors
+            .entry("status".into())
+            .or_default()
+            .push("must name at least one status".into());
+    }
+    Some(list)
+}
+
+fn private_json(body: Bytes) -> Resp {
+    let mut resp = json_response(StatusCode::OK, body);
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static(PRIVATE_NO_STORE));
+    resp
+}
+
+pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp, Problem> {
+    let q = query_pairs(query);
+    let mut errors = FieldErrors::new();
+    let (page_number, page_size) = paging(&q, &mut errors);
+    let statuses = status_filter(q.get("status").map(String::as_str).into_iter(), &mut errors);
     if !errors.is_empty() {
         return Err(Problem::validation("GetMyOrders.Validation", errors));
     }
@@ -219,13 +254,67 @@ pub fn get_history(app: &App, p: &Principal, query: Option<&str>) -> Result<Resp
         .store
         .history(p.sub, statuses.as_deref(), page_number, page_size)
         .map_err(store_problem)?;
-    let mut resp = json_response(
-        StatusCode::OK,
-        to_json(&super::views::page(&page, page_number, page_size)),
-    );
-    resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static(PRIVATE_NO_STORE));
-    Ok(resp)
+    Ok(private_json(to_json(&super::views::page(
+        &page,
+        page_number,
+        page_size,
+    ))))
+}
+
+/// The statuses a kitchen board shows when the query names none: the orders still to cook or
+/// hand over.
+const BOARD_STATUSES: [OrderStatus; 4] = [
+    OrderStatus::Placed,
+    OrderStatus::Accepted,
+    OrderStatus::Preparing,
+    OrderStatus::ReadyForDelivery,
+];
+
+/// `GET /api/v1/restaurants/{id}/orders`: the kitchen board, oldest first, for the
+/// restaurant's staff and owners and administrators; anyone else gets the masked 404 (checked
+/// before the query, so a stranger learns nothing from a 400 either). `status` may be repeated
+/// and each value may be a comma list.
+pub fn get_board(
+    app: &App,
+    p: &Principal,
+    segment: &str,
+    query: Option<&str>,
+) -> Result<Resp, Problem> {
+    let title = "GetRestaurantOrders.NotFound";
+    let restaurant = match order_id(segment) {
+        Some(r) if p.may_watch_restaurant(r) => r,
+        _ => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                title,
+                "The restaurant was not found.",
+            ))
+        }
+    };
+    let list = query_list(query);
+    let q: HashMap<String, String> = list.iter().cloned().collect();
+    let mut errors = FieldErrors::new();
+    let (page_number, page_size) = paging(&q, &mut errors);
+    let raws = list
+        .iter()
+        .filter(|(k, _)| k == "status")
+        .map(|(_, v)| v.as_str());
+    let statuses = status_filter(raws, &mut errors).unwrap_or_else(|| BOARD_STATUSES.to_vec());
+    if !errors.is_empty() {
+        return Err(Problem::validation(
+            "GetRestaurantOrders.Validation",
+            errors,
+        ));
+    }
+    let page = app
+        .store
+        .board(restaurant, &statuses, page_number, page_size)
+        .map_err(store_problem)?;
+    Ok(private_json(to_json(&super::views::board(
+        &page,
+        page_number,
+        page_size,
+    ))))
 }
 
 fn idempotency_key(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, Problem> {

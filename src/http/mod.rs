@@ -5,6 +5,7 @@
 //! handshake and certificate reload.
 
 mod admin;
+mod board;
 mod handlers;
 mod hubs;
 mod openapi;
@@ -315,6 +316,14 @@ async fn route(
             )
         }
         ["openapi.json"] => ("openapi", openapi::serve(req.method())),
+        ["board"] | ["board", ""] => match board::serve(req.method(), None) {
+            Some(r) => ("board_page", r),
+            None => ("not_found", Err(not_found())),
+        },
+        ["board", asset] => match board::serve(req.method(), Some(asset)) {
+            Some(r) => ("board_page", r),
+            None => ("not_found", Err(not_found())),
+        },
         // The routes that await (admin, hubs, writes) are boxed: their states stay out of this
         // future, which hyper moves into place for every request, reads included.
         ["admin", rest @ ..] => Box::pin(admin::route(app, req, rest)).await,
@@ -337,6 +346,15 @@ async fn route(
                 .await
                 .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
             ("order_history", r)
+        }
+        ["api", "v1", "restaurants", id, "orders"] => {
+            if m != Method::GET {
+                return ("restaurant_orders", Err(method_not_allowed("GET")));
+            }
+            let r = principal(app, &req, Credentials::HeaderOnly)
+                .await
+                .and_then(|p| handlers::get_board(app, &p, id, req.uri().query()));
+            ("restaurant_orders", r)
         }
         ["api", "v1", "orders", id] => {
             if m != Method::GET {

@@ -3,7 +3,7 @@
 
 use crate::domain::{Order, Principal, Timestamp};
 use crate::store::heads::OrderHead;
-use crate::store::HistoryPage;
+use crate::store::{BoardPage, HistoryPage};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -220,13 +220,32 @@ pub struct PageView<'a> {
     total_count: u64,
     has_previous_page: bool,
     has_next_page: bool,
+    /// The kitchen board's cursor: the newest event sequence the page reflects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<u64>,
 }
 
 pub fn page(p: &HistoryPage, page_number: u32, page_size: u32) -> PageView<'_> {
-    let total_pages = p.total_count.div_ceil(page_size as u64);
+    page_of(&p.orders, p.total_count, page_number, page_size)
+}
+
+/// A kitchen board page: the `/orders/my` shape plus `cursor`.
+pub fn board(p: &BoardPage, page_number: u32, page_size: u32) -> PageView<'_> {
     PageView {
-        items: p
-            .orders
+        cursor: Some(p.cursor),
+        ..page_of(&p.orders, p.total_count, page_number, page_size)
+    }
+}
+
+fn page_of(
+    orders: &[crate::domain::OrderSummary],
+    total_count: u64,
+    page_number: u32,
+    page_size: u32,
+) -> PageView<'_> {
+    let total_pages = total_count.div_ceil(page_size as u64);
+    PageView {
+        items: orders
             .iter()
             .map(|o| SummaryView {
                 order_id: o.id,
@@ -243,9 +262,10 @@ pub fn page(p: &HistoryPage, page_number: u32, page_size: u32) -> PageView<'_> {
         page_number,
         page_size,
         total_pages,
-        total_count: p.total_count,
+        total_count,
         has_previous_page: page_number > 1 && total_pages > 0,
         has_next_page: (page_number as u64) < total_pages,
+        cursor: None,
     }
 }
 

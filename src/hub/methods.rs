@@ -1,12 +1,12 @@
-//! The four hub methods (`SubscribeToOrder`, `UnsubscribeFromOrder`, `SubscribeToRestaurant`,
-//! `UnsubscribeFromRestaurant`): which names a hub answers, how an invocation's arguments bind,
+//! The hub methods (`SubscribeToOrder`, `UnsubscribeFromOrder`, `SubscribeToRestaurant`,
+//! `UnsubscribeFromRestaurant`, `ResumeRestaurant`): which names a hub answers, how an invocation's arguments bind,
 //! and what each method does to the connection's groups. The socket loop (`connection.rs`)
 //! decodes and answers; this file decides. Group changes go through the hub's one door
 //! ([`Hubs::subscribe`] / [`Hubs::unsubscribe`]), which keeps the subscription gauge right.
 
 use super::outbound::Outbound;
 use super::protocol::{self as proto, Arg};
-use super::{Group, HubKind, Hubs, Who};
+use super::{catchup, client_method, Group, HubKind, Hubs, Who};
 use crate::domain::{OrderStatusBroadcast, Principal, Timestamp};
 use crate::metrics::HubRefusal;
 use crate::store::Store;
@@ -20,6 +20,7 @@ pub(super) enum Method {
     UnsubscribeFromOrder,
     SubscribeToRestaurant,
     UnsubscribeFromRestaurant,
+    ResumeRestaurant,
 }
 
 /// Hub method lookup, case-insensitive as ASP.NET does it.
@@ -32,18 +33,41 @@ pub(super) fn method_of(kind: HubKind, target: &str) -> Option<Method> {
         (HubKind::RestaurantOrders, "unsubscribefromrestaurant") => {
             Some(Method::UnsubscribeFromRestaurant)
         }
+        (HubKind::RestaurantOrders, "resumerestaurant") => Some(Method::ResumeRestaurant),
         _ => None,
     }
 }
 
-/// Binds an invocation: the method and its one argument (an order or restaurant id), or the
+/// Binds an invocation: the method, its id argument (an order or restaurant id) and, for
+/// `ResumeRestaurant`, the cursor (a non-negative integer, or a string of digits); or the
 /// error text the completion carries.
-pub(super) fn bind(kind: HubKind, target: &str, args: &[Arg]) -> Result<(Method, Uuid), String> {
+pub(super) fn bind(
+    kind: HubKind,
+    target: &str,
+    args: &[Arg],
+) -> Result<(Method, Uuid, u64), String> {
     let Some(method) = method_of(kind, target) else {
         return Err(proto::unknown_method_error(target));
     };
-    match proto::single_string_argument(args).and_then(|s| Uuid::parse_str(s.trim()).ok()) {
-        Some(id) => Ok((method, id)),
+    let uuid = |a: &Arg| match a {
+        Arg::Str(s) => Uuid::parse_str(s.trim()).ok(),
+        _ => None,
+    };
+    let bound = match (method, args) {
+        (Method::ResumeRestaurant, [id, cursor]) => {
+            let cursor = match cursor {
+                Arg::UInt(n) => Some(*n),
+                Arg::Str(s) => s.trim().parse::<u64>().ok(),
+                Arg::Other => None,
+            };
+            uuid(id).zip(cursor)
+        }
+        (Method::ResumeRestaurant, _) => None,
+        (_, [id]) => uuid(id).map(|id| (id, 0)),
+        _ => None,
+    };
+    match bound {
+        Some((id, cursor)) => Ok((method, id, cursor)),
         None => Err(proto::invocation_failed_error(target)),
     }
 }
@@ -94,7 +118,7 @@ impl<'a> Session<'a> {
         target: &str,
         args: &[Arg],
     ) -> Result<Option<OrderStatusBroadcast>, String> {
-        let (method, id) = bind(self.who.kind, target, args)?;
+        let (method, id, cursor) = bind(self.who.kind, target, args)?;
         match method {
             Method::SubscribeToOrder => self.subscribe_order(target, id).map(Some),
             Method::UnsubscribeFromOrder => {
@@ -102,18 +126,62 @@ impl<'a> Session<'a> {
                 Ok(None)
             }
             Method::SubscribeToRestaurant => {
-                if !self.principal.may_watch_restaurant(id) {
-                    return Err(proto::hub_exception_error(
-                        target,
-                        "The restaurant was not found.",
-                    ));
-                }
+                self.may_watch(target, id)?;
                 self.join(Group::Restaurant, target, id)?;
+                Ok(None)
+            }
+            Method::ResumeRestaurant => {
+                self.may_watch(target, id)?;
+                self.resume(target, id, cursor)?;
                 Ok(None)
             }
             Method::UnsubscribeFromRestaurant => {
                 self.leave(Group::Restaurant, id);
                 Ok(None)
+            }
+        }
+    }
+
+    /// The restaurant methods' authorization: staff, owners and administrators.
+    fn may_watch(&self, target: &str, restaurant: Uuid) -> Result<(), String> {
+        if self.principal.may_watch_restaurant(restaurant) {
+            Ok(())
+        } else {
+            Err(proto::hub_exception_error(
+                target,
+                "The restaurant was not found.",
+            ))
+        }
+    }
+
+    /// `ResumeRestaurant`: subscribes, then replays the restaurant's events after `after` that
+    /// the outbox holds, then live ones (`catchup.rs` explains the seam). A refused resume
+    /// leaves the connection as it found it.
+    fn resume(&mut self, target: &str, restaurant: Uuid, after: u64) -> Result<(), String> {
+        let was_in = self.joined_restaurants.contains(&restaurant);
+        let out = self.out.clone();
+        catchup::begin(&out);
+        let read = match self.join(Group::Restaurant, target, restaurant) {
+            Ok(()) => self
+                .orders
+                .restaurant_events_after(restaurant, after, catchup::MAX_RESUME_SCAN)
+                .map_err(|e| {
+                    tracing::warn!(parent: &self.who.span(), error = %e, "store read failed during resume");
+                    proto::invocation_failed_error(target)
+                }),
+            Err(text) => Err(text),
+        };
+        let started = std::time::Instant::now();
+        match catchup::finish(&out, restaurant, after, read, |e| client_method(e.kind)) {
+            Ok(n) => {
+                tracing::debug!(parent: &self.who.span(), replayed = n, micros = started.elapsed().as_micros() as u64, "resumed");
+                Ok(())
+            }
+            Err(text) => {
+                if !was_in {
+                    self.leave(Group::Restaurant, restaurant);
+                }
+                Err(text)
             }
         }
     }
@@ -250,7 +318,7 @@ mod tests {
         let text = id.to_string();
         assert_eq!(
             bind(HubKind::CustomerOrders, "SubscribeToOrder", &args(&[&text])),
-            Ok((Method::SubscribeToOrder, id))
+            Ok((Method::SubscribeToOrder, id, 0))
         );
         let padded = format!(" {text} ");
         assert_eq!(
@@ -259,7 +327,7 @@ mod tests {
                 "subscribetoorder",
                 &args(&[&padded])
             ),
-            Ok((Method::SubscribeToOrder, id))
+            Ok((Method::SubscribeToOrder, id, 0))
         );
         let failed = proto::invocation_failed_error("SubscribeToOrder");
         for bad in [
@@ -281,6 +349,38 @@ mod tests {
                 &args(&[&text])
             ),
             Err(proto::unknown_method_error("SubscribeToOrder"))
+        );
+    }
+
+    #[test]
+    fn resume_binds_an_id_and_a_cursor() {
+        let id = Uuid::new_v4();
+        let text = id.to_string();
+        let r = HubKind::RestaurantOrders;
+        let ok = Ok((Method::ResumeRestaurant, id, 42));
+        let with = |cursor: Arg| vec![Arg::Str(text.clone()), cursor];
+        assert_eq!(bind(r, "ResumeRestaurant", &with(Arg::UInt(42))), ok);
+        assert_eq!(
+            bind(r, "resumerestaurant", &with(Arg::Str("42".into()))),
+            ok
+        );
+        let failed = Err(proto::invocation_failed_error("ResumeRestaurant"));
+        for bad in [
+            args(&[&text]),
+            with(Arg::Other),
+            with(Arg::Str("-1".into())),
+            vec![Arg::UInt(1), Arg::UInt(1)],
+            vec![Arg::Str(text.clone()), Arg::UInt(1), Arg::UInt(1)],
+        ] {
+            assert_eq!(bind(r, "ResumeRestaurant", &bad), failed, "{bad:?}");
+        }
+        assert_eq!(
+            bind(
+                HubKind::CustomerOrders,
+                "ResumeRestaurant",
+                &with(Arg::UInt(1))
+            ),
+            Err(proto::unknown_method_error("ResumeRestaurant"))
         );
     }
 

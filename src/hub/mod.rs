@@ -10,11 +10,13 @@
 //!   `connection.rs`: the socket loop; `negotiate.rs`: negotiate answers and the sealed
 //!   connection tokens; `quota.rs`: the per-user caps on connections and subscriptions;
 //!   `resume.rs`: stateful reconnect (replay buffer, sequence ids, the reattach registry);
+//!   `catchup.rs`: `ResumeRestaurant`'s seam between the outbox replay and live events;
 //! - `link.rs`: a connection over Server-Sent Events or long polling (kept between requests,
 //!   run by a task of its own); `sse.rs` and `longpoll.rs`: those transports' framing and wait;
 //! - this file: the shared state ([`Hubs`]), admission under the connection cap, the one door
 //!   through which subscriptions change (table and gauge together), and the dispatcher.
 
+mod catchup;
 mod connection;
 mod link;
 mod longpoll;
@@ -386,7 +388,7 @@ impl Hubs {
                 Protocol::MessagePack => msgpack
                     .get_or_insert_with(|| encode_event(Protocol::MessagePack, method, &event.dto)),
             };
-            if sub.push(frame.clone()) {
+            if sub.push_event(frame.clone(), event.restaurant_id(), event.seq) {
                 delivered += 1;
             } else {
                 self.metrics

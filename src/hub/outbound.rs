@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use uuid::Uuid;
 
 /// Most queued frames merged into one WebSocket message.
 pub(super) const MAX_BATCH: usize = 64;
@@ -33,7 +34,18 @@ struct Queue {
     closed: bool,
     /// The connection task, when it waits for frames.
     waker: Option<Waker>,
+    /// While a `ResumeRestaurant` replays (`hold` … `release`): live frames wait here, each
+    /// with the restaurant and sequence of its event when it is one.
+    held: Option<VecDeque<(Bytes, EventTag)>>,
+    /// Per resumed restaurant, the newest sequence a replay carried: a live event of that
+    /// restaurant at or below it (committed before the replay's read, published after it) is
+    /// a duplicate and dropped. One entry per resumed restaurant, so at most the
+    /// subscription cap.
+    floors: Vec<(Uuid, u64)>,
 }
+
+/// The restaurant and sequence of the event a frame carries (`None`: not an event).
+type EventTag = Option<(Uuid, u64)>;
 
 /// What a connection finds in its queue.
 pub(super) enum Queued {
@@ -64,6 +76,8 @@ impl Outbound {
                 slow: false,
                 closed: false,
                 waker: None,
+                held: None,
+                floors: Vec::new(),
             }),
         }
     }
@@ -90,15 +104,33 @@ impl Outbound {
     /// Queues a frame without waiting. Returns false when this push found the queue full: the
     /// connection is then closed as a slow consumer (reported once).
     pub fn push(&self, frame: Bytes) -> bool {
+        self.push_tagged(frame, None)
+    }
+
+    /// Queues the frame of the event `seq` of `restaurant` (see [`Outbound::push`]).
+    pub fn push_event(&self, frame: Bytes, restaurant: Uuid, seq: u64) -> bool {
+        self.push_tagged(frame, Some((restaurant, seq)))
+    }
+
+    fn push_tagged(&self, frame: Bytes, event: EventTag) -> bool {
         let mut q = self.lock();
         if q.closed || q.slow {
             return true;
         }
-        let accepted = q.frames.len() < q.limit;
-        if accepted {
-            q.frames.push_back(frame);
-        } else {
+        if let Some((r, seq)) = event {
+            if q.floors.iter().any(|(f, upto)| *f == r && seq <= *upto) {
+                return true;
+            }
+        }
+        let held = q.held.as_ref().map_or(0, VecDeque::len);
+        let accepted = q.frames.len() + held < q.limit;
+        if !accepted {
             q.slow = true;
+        } else if let Some(h) = q.held.as_mut() {
+            h.push_back((frame, event));
+            return true;
+        } else {
+            q.frames.push_back(frame);
         }
         let waker = q.waker.take();
         drop(q);
@@ -106,6 +138,41 @@ impl Outbound {
             w.wake();
         }
         accepted
+    }
+
+    /// Starts holding live frames back (a resume is about to subscribe and read the outbox).
+    pub(super) fn hold(&self) {
+        self.lock().held.get_or_insert_with(VecDeque::new);
+    }
+
+    /// Ends a hold: queues `replay` (outside the frame limit: the resume bounds it), then the
+    /// held live frames except those of `restaurant`'s events up to `upto`, which the replay
+    /// already carries (or which precede the cursor). With `floor`, later live events of
+    /// `restaurant` up to `upto` are dropped too.
+    pub(super) fn release(&self, replay: Vec<Bytes>, restaurant: Uuid, upto: u64, floor: bool) {
+        let mut q = self.lock();
+        let held = q.held.take().unwrap_or_default();
+        if q.closed || q.slow {
+            return;
+        }
+        if floor {
+            match q.floors.iter_mut().find(|(r, _)| *r == restaurant) {
+                Some((_, f)) => *f = (*f).max(upto),
+                None => q.floors.push((restaurant, upto)),
+            }
+        }
+        q.frames.extend(replay);
+        for (frame, event) in held {
+            match event {
+                Some((r, seq)) if r == restaurant && seq <= upto => {}
+                _ => q.frames.push_back(frame),
+            }
+        }
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Empties the queue without sending anything; returns how many frames it held. For
@@ -223,6 +290,45 @@ mod tests {
         assert!(out.push(Bytes::from_static(b"b")));
         assert_eq!(out.discard_queued(), 0);
         assert!(poll(&out).is_pending());
+    }
+
+    #[test]
+    fn a_release_queues_the_replay_then_the_held_frames_it_does_not_carry() {
+        let (r, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let out = Outbound::new(1, Protocol::Json, 8);
+        assert!(out.push(Bytes::from_static(b"before")));
+        out.hold();
+        assert!(out.push_event(Bytes::from_static(b"r5"), r, 5));
+        assert!(out.push_event(Bytes::from_static(b"o6"), other, 6));
+        assert!(out.push_event(Bytes::from_static(b"r7"), r, 7));
+        assert!(
+            poll(&out).is_ready(),
+            "what came before the hold still flows"
+        );
+        assert!(poll(&out).is_pending(), "held frames wait");
+        out.release(
+            vec![Bytes::from_static(b"r4"), Bytes::from_static(b"r5")],
+            r,
+            6,
+            true,
+        );
+        // Published late (committed before the replay's read): a duplicate, dropped.
+        assert!(out.push_event(Bytes::from_static(b"r6"), r, 6));
+        assert!(out.push_event(Bytes::from_static(b"r8"), r, 8));
+        let got: Vec<Bytes> = frames(poll(&out));
+        let want: Vec<&[u8]> = vec![b"r4", b"r5", b"o6", b"r7", b"r8"];
+        assert_eq!(got.iter().map(|b| &b[..]).collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn held_frames_count_against_the_limit() {
+        let out = Outbound::new(1, Protocol::Json, 2);
+        out.hold();
+        assert!(out.push(Bytes::from_static(b"a")));
+        assert!(out.push(Bytes::from_static(b"b")));
+        assert!(!out.push(Bytes::from_static(b"c")));
+        out.release(Vec::new(), Uuid::nil(), 0, false);
+        assert!(matches!(poll(&out), Poll::Ready(Queued::Slow)));
     }
 
     #[test]

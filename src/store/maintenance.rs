@@ -126,7 +126,7 @@ pub struct SnapshotInfo {
 
 /// The tables a snapshot copies; a table missing here would be silently lost, so `snapshot`
 /// refuses a database that has any other.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "orders_v1",
     "by_customer_v1",
     "by_restaurant_v1",
@@ -134,6 +134,8 @@ const TABLES: [&str; 7] = [
     "outbox_v1",
     "idempotency_v1",
     "meta_v1",
+    "board_v1",
+    "restaurant_counts_v1",
 ];
 
 /// Copies the state seen by one read transaction of `src` into a new database at `dest` (which
@@ -172,6 +174,14 @@ pub fn snapshot<D: ReadableDatabase>(
         copier.table(&rtx, OUTBOX)?;
         copier.table(&rtx, IDEMPOTENCY)?;
         copier.table(&rtx, META)?;
+        if rtx
+            .list_tables()
+            .map_err(st)?
+            .any(|t| t.name() == "board_v1")
+        {
+            copier.table(&rtx, BOARD)?;
+            copier.table(&rtx, RESTAURANT_COUNTS)?;
+        }
         // The last commit is durable and makes every earlier one durable too. The copy gets an
         // identity of its own, so a commit log of the original is never applied to it.
         let wtx = out.begin_write().map_err(st)?;
@@ -362,6 +372,18 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
     let by_customer = rtx.open_table(BY_CUSTOMER).map_err(st)?;
     let by_restaurant = rtx.open_table(BY_RESTAURANT).map_err(st)?;
     let mut counts: HashMap<[u8; 17], u64> = HashMap::new();
+    let mut board_counts: HashMap<[u8; 17], u64> = HashMap::new();
+    let board_built = rtx
+        .open_table(META)
+        .map_err(st)?
+        .get(BOARD_BUILT)
+        .map_err(st)?
+        .is_some();
+    let board = if board_built {
+        Some(rtx.open_table(BOARD).map_err(st)?)
+    } else {
+        None
+    };
     for entry in orders.iter().map_err(st)? {
         let (k, v) = entry.map_err(st)?;
         let key = uuid::Uuid::from_bytes(*k.value());
@@ -393,6 +415,33 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
         *counts
             .entry(count_key(o.customer_id, o.status))
             .or_default() += 1;
+        if let Some(board) = &board {
+            let bk = board_key(o.restaurant_id, o.status, o.placed_at, o.id);
+            if board.get(&bk).map_err(st)?.is_none() {
+                r.problem(format!(
+                    "order {} is missing from the kitchen board index",
+                    o.id
+                ));
+            }
+            *board_counts
+                .entry(count_key(o.restaurant_id, o.status))
+                .or_default() += 1;
+        }
+    }
+    if let Some(board) = &board {
+        let n = board.len().map_err(st)?;
+        if n != r.orders {
+            r.problem(format!(
+                "the kitchen board index has {n} entries for {} orders",
+                r.orders
+            ));
+        }
+        check_counters(
+            &mut r,
+            &rtx.open_table(RESTAURANT_COUNTS).map_err(st)?,
+            board_counts,
+            "restaurant",
+        )?;
     }
     for (name, table) in [("customer", &by_customer), ("restaurant", &by_restaurant)] {
         let n = table.len().map_err(st)?;
@@ -403,24 +452,12 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
             ));
         }
     }
-    for entry in rtx
-        .open_table(CUSTOMER_COUNTS)
-        .map_err(st)?
-        .iter()
-        .map_err(st)?
-    {
-        let (k, v) = entry.map_err(st)?;
-        let want = counts.remove(k.value()).unwrap_or(0);
-        if v.value() != want {
-            r.problem(format!(
-                "a customer's counter says {} orders where {want} are stored",
-                v.value()
-            ));
-        }
-    }
-    if counts.values().any(|n| *n > 0) {
-        r.problem(format!("{} per-status counters are missing", counts.len()));
-    }
+    check_counters(
+        &mut r,
+        &rtx.open_table(CUSTOMER_COUNTS).map_err(st)?,
+        counts,
+        "customer",
+    )?;
     let last_seq = rtx
         .open_table(META)
         .map_err(st)?
@@ -456,6 +493,32 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
         }
     }
     Ok(r)
+}
+
+/// Compares a per-status counter table with the counts `want` found by walking the orders.
+fn check_counters(
+    r: &mut CheckReport,
+    table: &redb::ReadOnlyTable<&'static [u8; 17], u64>,
+    mut want: HashMap<[u8; 17], u64>,
+    whose: &str,
+) -> Result<(), MaintenanceError> {
+    for entry in table.iter().map_err(st)? {
+        let (k, v) = entry.map_err(st)?;
+        let expected = want.remove(k.value()).unwrap_or(0);
+        if v.value() != expected {
+            r.problem(format!(
+                "a {whose}'s counter says {} orders where {expected} are stored",
+                v.value()
+            ));
+        }
+    }
+    if want.values().any(|n| *n > 0) {
+        r.problem(format!(
+            "{} per-status {whose} counters are missing",
+            want.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Compacts the file; returns its size before and after. Needs exclusive access.
@@ -516,6 +579,14 @@ mod tests {
                 .unwrap()
                 .insert(&count_key(o.customer_id, o.status), count)
                 .unwrap();
+            w.open_table(BOARD)
+                .unwrap()
+                .insert(&board_key(o.restaurant_id, o.status, o.placed_at, o.id), ())
+                .unwrap();
+            w.open_table(RESTAURANT_COUNTS)
+                .unwrap()
+                .insert(&count_key(o.restaurant_id, o.status), 1)
+                .unwrap();
         }
         w.commit().unwrap();
     }
@@ -548,6 +619,20 @@ mod tests {
         let r = check_invariants(db.as_ref()).unwrap();
         assert_eq!(r.problem_count, 2, "{:?}", r.problems);
         assert!(!r.ok());
+
+        // So are a board entry and a restaurant counter that disagree with the orders.
+        let w = db.begin_write().unwrap();
+        {
+            let k = board_key(bad.restaurant_id, bad.status, bad.placed_at, bad.id);
+            w.open_table(BOARD).unwrap().remove(&k).unwrap();
+            w.open_table(RESTAURANT_COUNTS)
+                .unwrap()
+                .insert(&count_key(good.restaurant_id, good.status), 5)
+                .unwrap();
+        }
+        w.commit().unwrap();
+        let r = check_invariants(db.as_ref()).unwrap();
+        assert_eq!(r.problem_count, 5, "{:?}", r.problems);
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub const BY_RESTAURANT: TableDefinition<&[u8; 40], u8> = TableDefinition::new("
 /// customer ‖ status code → number of that customer's orders in that status.
 pub const CUSTOMER_COUNTS: TableDefinition<&[u8; 17], u64> =
     TableDefinition::new("customer_counts_v1");
+/// The kitchen board's index: restaurant ‖ status code ‖ placed-at ‖ order id → (). One
+/// restaurant's orders in one status, oldest first, are one contiguous range, so a board page
+/// costs O(page) however many orders the restaurant has. Built at open when missing.
+pub const BOARD: TableDefinition<&[u8; 41], ()> = TableDefinition::new("board_v1");
+/// restaurant ‖ status code → number of that restaurant's orders in that status (the board's
+/// `totalCount`). Built with `BOARD`.
+pub const RESTAURANT_COUNTS: TableDefinition<&[u8; 17], u64> =
+    TableDefinition::new("restaurant_counts_v1");
 /// event sequence number → MessagePack `OrderEvent` (the outbox, newest `OUTBOX_KEEP` kept).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_v1");
 /// "{caller}/{key}" → MessagePack `IdempotencyRecord`.
@@ -54,6 +62,36 @@ pub fn order_id_of_index(key: &[u8; 40]) -> Uuid {
     Uuid::from_bytes(id)
 }
 
+pub fn board_key(
+    restaurant: Uuid,
+    status: OrderStatus,
+    placed: Timestamp,
+    order: Uuid,
+) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    k[..16].copy_from_slice(restaurant.as_bytes());
+    k[16] = status.code();
+    k[17..25].copy_from_slice(&time_bytes(placed));
+    k[25..].copy_from_slice(order.as_bytes());
+    k
+}
+
+/// The first and last possible board keys of one restaurant in one status.
+pub fn board_bounds(restaurant: Uuid, status: OrderStatus) -> ([u8; 41], [u8; 41]) {
+    let mut lo = [0u8; 41];
+    lo[..16].copy_from_slice(restaurant.as_bytes());
+    lo[16] = status.code();
+    let mut hi = [0xffu8; 41];
+    hi[..17].copy_from_slice(&lo[..17]);
+    (lo, hi)
+}
+
+pub fn order_id_of_board(key: &[u8; 41]) -> Uuid {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[25..]);
+    Uuid::from_bytes(id)
+}
+
 pub fn count_key(customer: Uuid, status: OrderStatus) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[..16].copy_from_slice(customer.as_bytes());
@@ -66,6 +104,9 @@ pub fn order_seq_key(year: i32) -> String {
 }
 
 pub const EVENT_SEQ: &str = "event_seq";
+/// Set once `BOARD` and `RESTAURANT_COUNTS` were built for every stored order (files made by
+/// an older binary get them at their first open).
+pub const BOARD_BUILT: &str = "board_built";
 pub const CLOCK: &str = "clock";
 /// The newest commit log record this database includes (see `wal.rs`).
 pub const LOG_SEQ: &str = "log_seq";
@@ -88,5 +129,19 @@ mod tests {
         assert!(lo <= early && late <= hi);
         assert!(index_key(Uuid::from_u128(2), Timestamp(-100), o) > hi);
         assert_eq!(order_id_of_index(&late), o);
+    }
+
+    #[test]
+    fn board_keys_sort_by_restaurant_status_then_time() {
+        let r = Uuid::from_u128(3);
+        let o = Uuid::from_u128(9);
+        let early = board_key(r, OrderStatus::Placed, Timestamp(-5), o);
+        let late = board_key(r, OrderStatus::Placed, Timestamp(10), o);
+        assert!(early < late);
+        let (lo, hi) = board_bounds(r, OrderStatus::Placed);
+        assert!(lo <= early && late <= hi);
+        let other = board_key(r, OrderStatus::Accepted, Timestamp(-100), o);
+        assert!(other < lo || other > hi);
+        assert_eq!(order_id_of_board(&late), o);
     }
 }

@@ -43,6 +43,8 @@ pub enum Tab {
     Outbox = 5,
     Idempotency = 6,
     Meta = 7,
+    Board = 8,
+    RestaurantCounts = 9,
 }
 
 impl Tab {
@@ -55,6 +57,8 @@ impl Tab {
             5 => Tab::Outbox,
             6 => Tab::Idempotency,
             7 => Tab::Meta,
+            8 => Tab::Board,
+            9 => Tab::RestaurantCounts,
             _ => return None,
         })
     }
@@ -132,6 +136,8 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
     let mut outbox = txn.open_table(OUTBOX).map_err(io)?;
     let mut idem = txn.open_table(IDEMPOTENCY).map_err(io)?;
     let mut meta = txn.open_table(META).map_err(io)?;
+    let mut board = txn.open_table(BOARD).map_err(io)?;
+    let mut restaurant_counts = txn.open_table(RESTAURANT_COUNTS).map_err(io)?;
     for payload in payloads {
         let mut at = 0;
         while at < payload.len() {
@@ -148,6 +154,10 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                     Tab::Outbox => outbox.remove(number(key)?).map(|_| ()),
                     Tab::Idempotency => idem.remove(text(key)?).map(|_| ()),
                     Tab::Meta => meta.remove(text(key)?).map(|_| ()),
+                    Tab::Board => board.remove(fixed::<41>(key)?).map(|_| ()),
+                    Tab::RestaurantCounts => {
+                        restaurant_counts.remove(fixed::<17>(key)?).map(|_| ())
+                    }
                 }
                 .map_err(StoreError::io)?;
                 continue;
@@ -166,6 +176,10 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                 Tab::Outbox => outbox.insert(number(key)?, value).map(|_| ()),
                 Tab::Idempotency => idem.insert(text(key)?, value).map(|_| ()),
                 Tab::Meta => meta.insert(text(key)?, number(value)?).map(|_| ()),
+                Tab::Board => board.insert(fixed::<41>(key)?, ()).map(|_| ()),
+                Tab::RestaurantCounts => restaurant_counts
+                    .insert(fixed::<17>(key)?, number(value)?)
+                    .map(|_| ()),
             }
             .map_err(StoreError::io)?;
         }
@@ -671,6 +685,8 @@ mod tests {
         r.put(Tab::Meta, b"event_seq", &7u64.to_le_bytes());
         r.put(Tab::Counts, &[8u8; 17], &1u64.to_le_bytes());
         r.delete(Tab::Counts, &[8u8; 17]);
+        r.put(Tab::Board, &[9u8; 41], &[]);
+        r.put(Tab::RestaurantCounts, &[10u8; 17], &4u64.to_le_bytes());
         let txn = db.begin_write().unwrap();
         apply(&[r.bytes()], &txn).unwrap();
         txn.commit().unwrap();
@@ -690,6 +706,10 @@ mod tests {
         assert_eq!(idem.get("svc/key").unwrap().unwrap().value(), b"rec");
         let meta = read.open_table(META).unwrap();
         assert_eq!(meta.get(EVENT_SEQ).unwrap().unwrap().value(), 7);
+        let board = read.open_table(BOARD).unwrap();
+        assert!(board.get(&[9u8; 41]).unwrap().is_some());
+        let rc = read.open_table(RESTAURANT_COUNTS).unwrap();
+        assert_eq!(rc.get(&[10u8; 17]).unwrap().unwrap().value(), 4);
     }
 
     #[test]

@@ -212,6 +212,8 @@ struct Tables<'t> {
     outbox: Table<'t, u64, &'static [u8]>,
     idem: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
+    board: Table<'t, &'static [u8; 41], ()>,
+    restaurant_counts: Table<'t, &'static [u8; 17], u64>,
     /// Every write, for the commit log: only the methods below change a table.
     redo: &'t mut Redo,
 }
@@ -226,6 +228,8 @@ impl<'t> Tables<'t> {
             outbox: txn.open_table(OUTBOX).map_err(StoreError::io)?,
             idem: txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?,
             meta: txn.open_table(META).map_err(StoreError::io)?,
+            board: txn.open_table(BOARD).map_err(StoreError::io)?,
+            restaurant_counts: txn.open_table(RESTAURANT_COUNTS).map_err(StoreError::io)?,
             redo,
         })
     }
@@ -269,21 +273,37 @@ impl<'t> Tables<'t> {
         delta: i64,
     ) -> Result<(), StoreError> {
         let k = count_key(customer, status);
-        let cur = self
-            .counts
-            .get(&k)
-            .map_err(StoreError::io)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let next = (cur as i64 + delta).max(0) as u64;
-        if next == 0 {
-            self.counts.remove(&k).map_err(StoreError::io)?;
-            self.redo.delete(Tab::Counts, &k);
-        } else {
-            self.counts.insert(&k, next).map_err(StoreError::io)?;
-            self.redo.put(Tab::Counts, &k, &next.to_le_bytes());
+        bump(&mut self.counts, self.redo, Tab::Counts, &k, delta)
+    }
+
+    /// Moves `order` on the kitchen board from `old` (none for a new order) to its status,
+    /// with the restaurant's per-status counters.
+    fn move_on_board(&mut self, order: &Order, old: Option<OrderStatus>) -> Result<(), StoreError> {
+        let r = order.restaurant_id;
+        if let Some(old) = old {
+            let k = board_key(r, old, order.placed_at, order.id);
+            self.board.remove(&k).map_err(StoreError::io)?;
+            self.redo.delete(Tab::Board, &k);
+            let ck = count_key(r, old);
+            bump(
+                &mut self.restaurant_counts,
+                self.redo,
+                Tab::RestaurantCounts,
+                &ck,
+                -1,
+            )?;
         }
-        Ok(())
+        let k = board_key(r, order.status, order.placed_at, order.id);
+        self.board.insert(&k, ()).map_err(StoreError::io)?;
+        self.redo.put(Tab::Board, &k, &[]);
+        let ck = count_key(r, order.status);
+        bump(
+            &mut self.restaurant_counts,
+            self.redo,
+            Tab::RestaurantCounts,
+            &ck,
+            1,
+        )
     }
 
     fn put_order(&mut self, order: &Order) -> Result<(), StoreError> {
@@ -303,6 +323,30 @@ impl<'t> Tables<'t> {
         self.redo.put(Tab::ByRestaurant, &rk, &[code]);
         Ok(())
     }
+}
+
+/// Adds `delta` to the counter at `k` (removed at zero), recording the write for the log.
+fn bump(
+    table: &mut Table<'_, &'static [u8; 17], u64>,
+    redo: &mut Redo,
+    tab: Tab,
+    k: &[u8; 17],
+    delta: i64,
+) -> Result<(), StoreError> {
+    let cur = table
+        .get(k)
+        .map_err(StoreError::io)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let next = (cur as i64 + delta).max(0) as u64;
+    if next == 0 {
+        table.remove(k).map_err(StoreError::io)?;
+        redo.delete(tab, k);
+    } else {
+        table.insert(k, next).map_err(StoreError::io)?;
+        redo.put(tab, k, &next.to_le_bytes());
+    }
+    Ok(())
 }
 
 struct Writer {
@@ -505,7 +549,10 @@ impl Writer {
             seq: *seq,
             kind,
             customer_id: order.customer_id,
-            dto: OrderStatusBroadcast::of(order, order.updated_at, Some(Uuid::now_v7())),
+            dto: OrderStatusBroadcast {
+                sequence: Some(*seq),
+                ..OrderStatusBroadcast::of(order, order.updated_at, Some(Uuid::now_v7()))
+            },
         };
         let bytes = encode(&event)?;
         t.put_event(*seq, &bytes)?;
@@ -541,6 +588,7 @@ impl Writer {
             .into_order(Uuid::now_v7(), number, now, &mut ids);
         t.put_order(&order)?;
         t.bump_count(order.customer_id, order.status, 1)?;
+        t.move_on_board(&order, None)?;
         if order.status == OrderStatus::Placed {
             self.record_event(t, seq, EventKind::OrderPlaced, &order)?;
         }
@@ -591,6 +639,7 @@ impl Writer {
         t.put_order(&order)?;
         t.bump_count(order.customer_id, old, -1)?;
         t.bump_count(order.customer_id, to, 1)?;
+        t.move_on_board(&order, Some(old))?;
         for kind in events {
             self.record_event(t, seq, kind, &order)?;
         }

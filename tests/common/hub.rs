@@ -448,7 +448,7 @@ pub fn as_event(v: &Value) -> (String, Value) {
 }
 
 /// The OrderStatusBroadcastDto keys, in camelCase.
-pub const DTO_KEYS: [&str; 10] = [
+pub const DTO_KEYS: [&str; 11] = [
     "orderId",
     "orderNumber",
     "status",
@@ -459,6 +459,7 @@ pub const DTO_KEYS: [&str; 10] = [
     "deliveredAt",
     "occurredOnUtc",
     "eventId",
+    "sequence",
 ];
 
 /// Checks a JSON DTO: every documented key present, ids and status as expected, timestamps

@@ -71,6 +71,7 @@ fn json_args(out: &mut Vec<u8>, args: &[Arg]) {
         }
         match a {
             Arg::Str(s) => json_str(out, s),
+            Arg::UInt(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Arg::Other => out.extend_from_slice(b"null"),
         }
     }
@@ -165,6 +166,7 @@ fn write_client_msgpack(out: &mut Vec<u8>, msg: &ClientMessage) {
         for a in arguments {
             match a {
                 Arg::Str(s) => mp_str(out, s),
+                Arg::UInt(n) => mp_uint(out, *n),
                 Arg::Other => out.push(0xc0),
             }
         }

@@ -142,11 +142,11 @@ impl<'de> Deserialize<'de> for Arg {
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Arg, E> {
                 Ok(Arg::Other)
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Arg, E> {
-                Ok(Arg::Other)
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Arg, E> {
+                Ok(u64::try_from(v).map_or(Arg::Other, Arg::UInt))
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Arg, E> {
-                Ok(Arg::Other)
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Arg, E> {
+                Ok(Arg::UInt(v))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Arg, E> {
                 Ok(Arg::Other)

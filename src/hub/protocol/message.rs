@@ -1,10 +1,13 @@
 //! What a client sends, reduced to what the hub acts on: [`ClientMessage`] and its arguments,
 //! and why a message cannot be decoded. Shared by the framing and both protocol decoders.
 
-/// One invocation argument, reduced to what our hub methods need: a string or not.
+/// One invocation argument, reduced to what our hub methods need: a string, a non-negative
+/// integer, or something else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arg {
     Str(String),
+    /// A non-negative integer (`ResumeRestaurant`'s cursor).
+    UInt(u64),
     /// Any other value (number, null, bool, array, map, binary, extension).
     Other,
 }

@@ -278,6 +278,9 @@ pub fn decode_msgpack_message(body: &[u8]) -> Result<ClientMessage, DecodeError>
                         Ok(s) => arguments.push(Arg::Str(s.to_owned())),
                         Err(_) => arguments.push(Arg::Other),
                     },
+                    None if matches!(r.peek(), Some(0x00..=0x7f | 0xcc..=0xcf)) => {
+                        arguments.push(Arg::UInt(r.uint()?));
+                    }
                     None => {
                         r.skip()?;
                         arguments.push(Arg::Other);

@@ -127,7 +127,7 @@ impl HubPayload for OrderStatusBroadcast {
     }
 }
 
-const DTO_FIELDS: usize = 11;
+const DTO_FIELDS: usize = 12;
 
 trait DtoFields {
     fn for_each_field(&self, f: &mut dyn FnMut(&str, &dyn HubPayload));
@@ -146,5 +146,6 @@ impl DtoFields for OrderStatusBroadcast {
         f("occurredOnUtc", &self.occurred_on);
         f("eventId", &self.event_id);
         f("version", &self.version);
+        f("sequence", &self.sequence);
     }
 }

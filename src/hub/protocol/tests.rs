@@ -44,6 +44,7 @@ fn sample_dto() -> OrderStatusBroadcast {
         occurred_on: Timestamp(1_758_997_543_120),
         event_id: Some(Uuid::parse_str("00000000-0000-4000-8000-000000000001").unwrap()),
         version: 3,
+        sequence: Some(17),
     }
 }
 
@@ -218,8 +219,8 @@ fn msgpack_js_encodings() {
     assert_eq!(
         drain(&mut d),
         vec![
-            invocation(Some("0"), "Send", vec![Arg::Other]),
-            invocation(None, "Send", vec![Arg::Other]),
+            invocation(Some("0"), "Send", vec![Arg::UInt(42)]),
+            invocation(None, "Send", vec![Arg::UInt(42)]),
             ClientMessage::Completion {
                 invocation_id: "1".into()
             },
@@ -379,7 +380,7 @@ fn json_batched_records_in_one_frame() {
                 None,
                 "Send",
                 vec![
-                    Arg::Other,
+                    Arg::UInt(1),
                     Arg::Other,
                     Arg::Other,
                     Arg::Other,
@@ -419,7 +420,7 @@ fn json_type_last_and_client_shapes() {
     let decode = |s: &str| decode_json_record(s.as_bytes());
     assert_eq!(
         decode(r#"{"target":"Send","arguments":[1],"invocationId":"0","type":1}"#).unwrap(),
-        invocation(Some("0"), "Send", vec![Arg::Other])
+        invocation(Some("0"), "Send", vec![Arg::UInt(1)])
     );
     assert_eq!(
         decode(r#"{"invocationId":"3","type":5}"#).unwrap(),
@@ -578,7 +579,8 @@ fn dto_golden_json() {
         r#""deliveredAt":null,"#,
         r#""occurredOnUtc":"2025-09-27T18:25:43.120Z","#,
         r#""eventId":"00000000-0000-4000-8000-000000000001","#,
-        r#""version":3}]}"#,
+        r#""version":3,"#,
+        r#""sequence":17}]}"#,
         "\x1e"
     );
     assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
@@ -608,7 +610,7 @@ fn dto_msgpack_layout() {
     assert_eq!(r.str_or_nil().unwrap(), None);
     assert_eq!(r.str().unwrap(), "ReceiveOrderPlaced");
     assert_eq!(r.array_len().unwrap(), 1);
-    assert_eq!(r.map_len().unwrap(), 11);
+    assert_eq!(r.map_len().unwrap(), 12);
     let mut keys = Vec::new();
     let mut expect_str = |r: &mut MpReader, k: &str, v: &str| {
         assert_eq!(r.str().unwrap(), k);
@@ -636,6 +638,8 @@ fn dto_msgpack_layout() {
     expect_str(&mut r, "eventId", "00000000-0000-4000-8000-000000000001");
     assert_eq!(r.str().unwrap(), "version");
     assert_eq!(r.int().unwrap(), 3);
+    assert_eq!(r.str().unwrap(), "sequence");
+    assert_eq!(r.int().unwrap(), 17);
     assert_eq!(r.array_len().unwrap(), 0);
     assert_eq!(r.remaining(), 0);
 }
