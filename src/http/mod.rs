@@ -251,7 +251,8 @@ async fn route(
                 return ("metrics", Err(method_not_allowed("GET")));
             }
             let stats = app.store.stats().unwrap_or_default();
-            let body = app.metrics.render(stats.file_bytes, stats.orders);
+            let mut body = app.metrics.render(stats.file_bytes, stats.orders);
+            body.push_str(&crate::metrics::render_retention(&stats));
             (
                 "metrics",
                 Ok(text_response(

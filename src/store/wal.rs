@@ -43,6 +43,8 @@ pub enum Tab {
     Outbox = 5,
     Idempotency = 6,
     Meta = 7,
+    Finished = 8,
+    IdemExpiry = 9,
 }
 
 impl Tab {
@@ -55,6 +57,8 @@ impl Tab {
             5 => Tab::Outbox,
             6 => Tab::Idempotency,
             7 => Tab::Meta,
+            8 => Tab::Finished,
+            9 => Tab::IdemExpiry,
             _ => return None,
         })
     }
@@ -132,6 +136,8 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
     let mut outbox = txn.open_table(OUTBOX).map_err(io)?;
     let mut idem = txn.open_table(IDEMPOTENCY).map_err(io)?;
     let mut meta = txn.open_table(META).map_err(io)?;
+    let mut finished = txn.open_table(FINISHED).map_err(io)?;
+    let mut idem_expiry = txn.open_table(IDEM_EXPIRY).map_err(io)?;
     for payload in payloads {
         let mut at = 0;
         while at < payload.len() {
@@ -148,6 +154,8 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                     Tab::Outbox => outbox.remove(number(key)?).map(|_| ()),
                     Tab::Idempotency => idem.remove(text(key)?).map(|_| ()),
                     Tab::Meta => meta.remove(text(key)?).map(|_| ()),
+                    Tab::Finished => finished.remove(fixed::<24>(key)?).map(|_| ()),
+                    Tab::IdemExpiry => idem_expiry.remove(key).map(|_| ()),
                 }
                 .map_err(StoreError::io)?;
                 continue;
@@ -166,6 +174,10 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                 Tab::Outbox => outbox.insert(number(key)?, value).map(|_| ()),
                 Tab::Idempotency => idem.insert(text(key)?, value).map(|_| ()),
                 Tab::Meta => meta.insert(text(key)?, number(value)?).map(|_| ()),
+                Tab::Finished => finished
+                    .insert(fixed::<24>(key)?, fixed::<1>(value)?[0])
+                    .map(|_| ()),
+                Tab::IdemExpiry => idem_expiry.insert(key, fixed::<1>(value)?[0]).map(|_| ()),
             }
             .map_err(StoreError::io)?;
         }
@@ -671,6 +683,14 @@ mod tests {
         r.put(Tab::Meta, b"event_seq", &7u64.to_le_bytes());
         r.put(Tab::Counts, &[8u8; 17], &1u64.to_le_bytes());
         r.delete(Tab::Counts, &[8u8; 17]);
+        r.put(Tab::Finished, &[9u8; 24], &[6]);
+        r.put(
+            Tab::IdemExpiry,
+            b"\x01\x02\x03\x04\x05\x06\x07\x08svc/key",
+            &[0],
+        );
+        r.put(Tab::IdemExpiry, b"gone", &[0]);
+        r.delete(Tab::IdemExpiry, b"gone");
         let txn = db.begin_write().unwrap();
         apply(&[r.bytes()], &txn).unwrap();
         txn.commit().unwrap();
@@ -690,6 +710,11 @@ mod tests {
         assert_eq!(idem.get("svc/key").unwrap().unwrap().value(), b"rec");
         let meta = read.open_table(META).unwrap();
         assert_eq!(meta.get(EVENT_SEQ).unwrap().unwrap().value(), 7);
+        let fin = read.open_table(FINISHED).unwrap();
+        assert_eq!(fin.get(&[9u8; 24]).unwrap().unwrap().value(), 6);
+        let exp = read.open_table(IDEM_EXPIRY).unwrap();
+        assert_eq!(exp.len().unwrap(), 1);
+        assert!(exp.get(b"gone".as_slice()).unwrap().is_none());
     }
 
     #[test]
