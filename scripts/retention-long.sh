@@ -5,16 +5,17 @@
 #  2. file size over time while N orders (placed, then walked to Delivered) go through a
 #     retention window, then `db compact`.
 #   scripts/retention-long.sh                 N=1,000,000 orders, 60 s window
-#   N=100000 RETAIN=20s scripts/retention-long.sh
+#   N=100000 RETAIN=20s CHUNK=10000 scripts/retention-long.sh   (the run in docs/performance.md)
+#   NO_BUILD=1 …                              use the release binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000000}        # orders through the retention window
 RETAIN=${RETAIN:-60s}  # --retain-finished, --outbox-retention and --idempotency-ttl of run 2
 CHUNK=${CHUNK:-20000}  # orders per load step; one file-size sample after each
 WRITES=${WRITES:-120000} # transitions of run 1 (over 6 alternating rounds)
-cargo build --release --quiet --bin ordertrack --bin ordertrack-load
-OT=target/release/ordertrack
-LOAD=target/release/ordertrack-load
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin ordertrack --bin ordertrack-load
+OT=${OT:-target/release/ordertrack}
+LOAD=${LOAD:-target/release/ordertrack-load}
 SECRET=retention-secret-0123456789abcdef
 WORK=$(mktemp -d)
 PIDS=()
