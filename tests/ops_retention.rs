@@ -353,13 +353,16 @@ fn a_file_without_the_retention_index_gets_one_on_open() {
     assert_eq!(check["problemCount"], 0, "{check}");
 }
 
+/// Flags, environment, and the text the one error line must hold.
+type BadStart<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_durations_are_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let toml = tmp.path().join("bad.toml");
     std::fs::write(&toml, "outbox_retention = \"1y\"\n").unwrap();
     let toml = toml.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [BadStart; 5] = [
         (
             &["--retain-finished", "5x"],
             &[],

@@ -713,7 +713,7 @@ mod tests {
         let fin = read.open_table(FINISHED).unwrap();
         assert_eq!(fin.get(&[9u8; 24]).unwrap().unwrap().value(), 6);
         let exp = read.open_table(IDEM_EXPIRY).unwrap();
-        assert_eq!(exp.len().unwrap(), 1);
+        assert_eq!(redb::ReadableTableMetadata::len(&exp).unwrap(), 1);
         assert!(exp.get(b"gone".as_slice()).unwrap().is_none());
     }
 
