@@ -490,6 +490,7 @@ impl Db {
                     let settings = WriterSettings {
                         queue: 8192,
                         max_batch,
+                        ..WriterSettings::default()
                     };
                     spawn_writer(&store, settings, Arc::new(NoSink), None).expect("writer")
                 };

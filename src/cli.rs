@@ -43,6 +43,8 @@ const JWT: &str = "JWT";
 const TLS: &str = "TLS";
 /// Help heading of the limits and tuning knobs of `serve`, after the everyday settings.
 const TUNING: &str = "Tuning";
+/// Help heading of the retention settings.
+const RETENTION: &str = "Retention";
 
 // Help texts: the first paragraph is the `-h` line, the whole text the `--help` entry.
 
@@ -243,6 +245,30 @@ pub struct ServeArgs {
     /// client to collect the final Close.
     #[arg(long, env = "ORDERTRACK_HUB_DISCONNECT_TIMEOUT_MS", help_heading = TUNING)]
     pub hub_disconnect_timeout_ms: Option<u64>,
+    /// Remove finished orders this long after they finished [default: off, keep forever].
+    ///
+    /// Delivered, Cancelled and Rejected orders whose last change is older are removed with
+    /// their index entries, counters and outbox events (a GET then answers 404, and history
+    /// counts shrink with them). A number with s, m, h or d (90s, 15m, 1h, 30d), or "off".
+    #[arg(long, env = "ORDERTRACK_RETAIN_FINISHED", help_heading = RETENTION)]
+    pub retain_finished: Option<String>,
+    /// How long an Idempotency-Key is remembered [default: 24h].
+    ///
+    /// A retry with the same key after this is a new request. s, m, h or d, or "off" (forever).
+    #[arg(long, env = "ORDERTRACK_IDEMPOTENCY_TTL", help_heading = RETENTION)]
+    pub idempotency_ttl: Option<String>,
+    /// How long outbox events are kept [default: 24h].
+    ///
+    /// The kitchen board's resume window. Never longer than --retain-finished, and never more
+    /// than the newest 1,000,000 events whatever the time. s, m, h or d, or "off" (count cap
+    /// only).
+    #[arg(long, env = "ORDERTRACK_OUTBOX_RETENTION", help_heading = RETENTION)]
+    pub outbox_retention: Option<String>,
+    /// Time between two sweeps of expired data [default: 30s].
+    ///
+    /// Each sweep removes what expired in small steps through the writer. At most 1 minute.
+    #[arg(long, env = "ORDERTRACK_SWEEP_INTERVAL", help_heading = RETENTION)]
+    pub sweep_interval: Option<String>,
     /// Backups kept in <data-dir>/backups [default: 3].
     ///
     /// After each POST /admin/db/backup the older ones are deleted (`ordertrack db backup`

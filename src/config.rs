@@ -48,6 +48,10 @@ pub struct FileConfig {
     pub keep_backups: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub retain_finished: Option<String>,
+    pub idempotency_ttl: Option<String>,
+    pub outbox_retention: Option<String>,
+    pub sweep_interval: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -84,6 +88,10 @@ pub enum ConfigError {
     Ttl(String),
     #[error("--tls-cert and --tls-key go together: {0} is set without {1}")]
     TlsHalf(&'static str, &'static str),
+    #[error(
+        "bad --{0} '{1}': use a positive number with s, m, h or d (e.g. 90s, 15m, 24h, 30d){2}"
+    )]
+    Duration(&'static str, String, &'static str),
     #[error("the development secret {0} was created by another process meanwhile: start again")]
     DevSecretRace(PathBuf),
 }
@@ -112,6 +120,8 @@ pub struct Settings {
     pub commit_log_mb: usize,
     pub writer_max_batch: usize,
     pub keep_backups: usize,
+    pub retention: crate::store::Retention,
+    pub sweep_interval: std::time::Duration,
     pub hub: crate::hub::HubSettings,
     /// Serve HTTPS with these files (reloaded when they change).
     pub tls: Option<crate::tls::TlsFiles>,
@@ -374,6 +384,32 @@ impl Settings {
             commit_log_mb: a.commit_log_mb.or(f.commit_log_mb).unwrap_or(64),
             writer_max_batch: a.writer_max_batch.or(f.writer_max_batch).unwrap_or(512),
             keep_backups: a.keep_backups.or(f.keep_backups).unwrap_or(3),
+            retention: crate::store::Retention {
+                finished: duration_setting(
+                    "retain-finished",
+                    a.retain_finished
+                        .as_deref()
+                        .or(f.retain_finished.as_deref()),
+                    None,
+                )?,
+                idempotency: duration_setting(
+                    "idempotency-ttl",
+                    a.idempotency_ttl
+                        .as_deref()
+                        .or(f.idempotency_ttl.as_deref()),
+                    Some(DAY),
+                )?,
+                outbox: duration_setting(
+                    "outbox-retention",
+                    a.outbox_retention
+                        .as_deref()
+                        .or(f.outbox_retention.as_deref()),
+                    Some(DAY),
+                )?,
+            },
+            sweep_interval: sweep_interval(
+                a.sweep_interval.as_deref().or(f.sweep_interval.as_deref()),
+            )?,
             hub: {
                 let d = crate::hub::HubSettings::default();
                 let ms = std::time::Duration::from_millis;
@@ -555,9 +591,48 @@ pub fn serves_tls(c: &CommonArgs) -> Result<bool, ConfigError> {
     )
 }
 
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// A retention setting: a positive duration, or `off` (`None`, keep forever); `default` when
+/// it is not set.
+fn duration_setting(
+    name: &'static str,
+    value: Option<&str>,
+    default: Option<std::time::Duration>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("off") => Ok(None),
+        Some(v) => match parse_seconds(v) {
+            Some(n) if n > 0 => Ok(Some(std::time::Duration::from_secs(n as u64))),
+            _ => Err(ConfigError::Duration(name, v.to_string(), ", or off")),
+        },
+    }
+}
+
+/// The sweeper's period: 1 s to 1 minute (the sweeper runs at least once a minute).
+fn sweep_interval(value: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(v) = value.map(str::trim) else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    match parse_seconds(v) {
+        Some(n) if (1..=60).contains(&n) => Ok(std::time::Duration::from_secs(n as u64)),
+        _ => Err(ConfigError::Duration(
+            "sweep-interval",
+            v.to_string(),
+            ", from 1s to 1m",
+        )),
+    }
+}
+
 /// Parses `90s`, `15m`, `1h`, `7d` or a bare number of seconds.
 pub fn parse_ttl(s: &str) -> Result<i64, ConfigError> {
-    let err = || ConfigError::Ttl(s.to_string());
+    parse_seconds(s).ok_or_else(|| ConfigError::Ttl(s.to_string()))
+}
+
+/// The one duration parser (token lifetimes, retention, the sweep interval): `90s`, `15m`,
+/// `1h`, `7d` or a bare number of seconds, possibly negative (callers bound it).
+fn parse_seconds(s: &str) -> Option<i64> {
     let s = s.trim();
     let (num, unit) = match s
         .char_indices()
@@ -566,15 +641,15 @@ pub fn parse_ttl(s: &str) -> Result<i64, ConfigError> {
         Some((i, _)) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: i64 = num.parse().map_err(|_| err())?;
+    let n: i64 = num.parse().ok()?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(err()),
+        _ => return None,
     };
-    n.checked_mul(mult).ok_or_else(err)
+    n.checked_mul(mult)
 }
 
 #[cfg(test)]
@@ -597,5 +672,26 @@ mod tests {
         assert_eq!(parse_ttl("-1h").unwrap(), -3600);
         assert_eq!(parse_ttl("30").unwrap(), 30);
         assert!(parse_ttl("1y").is_err());
+    }
+
+    #[test]
+    fn retention_durations() {
+        let secs = |n| Some(std::time::Duration::from_secs(n));
+        assert_eq!(duration_setting("x", None, secs(5)).unwrap(), secs(5));
+        assert_eq!(duration_setting("x", Some("off"), secs(5)).unwrap(), None);
+        assert_eq!(
+            duration_setting("x", Some("2d"), None).unwrap(),
+            secs(172_800)
+        );
+        for bad in ["0s", "-1h", "1y", "", "h", "1.5h"] {
+            let e = duration_setting("retain-finished", Some(bad), None).unwrap_err();
+            assert!(e.to_string().starts_with("bad --retain-finished"), "{e}");
+        }
+        assert_eq!(
+            sweep_interval(None).unwrap(),
+            std::time::Duration::from_secs(30)
+        );
+        assert!(sweep_interval(Some("2m")).is_err());
+        assert!(sweep_interval(Some("0s")).is_err());
     }
 }

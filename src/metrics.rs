@@ -407,6 +407,29 @@ impl Metrics {
     }
 }
 
+/// What the store keeps and what the retention sweeper removed (over the life of the file), read
+/// at scrape time: appended to [`Metrics::render`]'s text.
+pub fn render_retention(s: &crate::store::StoreStats) -> String {
+    let mut out = String::with_capacity(1024);
+    out.push_str("# HELP ordertrack_kept_rows Rows the database keeps, by kind.\n");
+    out.push_str("# TYPE ordertrack_kept_rows gauge\n");
+    out.push_str("# HELP ordertrack_swept_total Rows the retention sweeper removed, by kind (over the life of the file).\n");
+    out.push_str("# TYPE ordertrack_swept_total counter\n");
+    for (kind, kept, swept) in [
+        ("orders", s.orders, s.swept_orders),
+        (
+            "idempotency_keys",
+            s.idempotency_keys,
+            s.swept_idempotency_keys,
+        ),
+        ("outbox_events", s.events, s.swept_events),
+    ] {
+        let _ = writeln!(out, "ordertrack_kept_rows{{kind=\"{kind}\"}} {kept}");
+        let _ = writeln!(out, "ordertrack_swept_total{{kind=\"{kind}\"}} {swept}");
+    }
+    out
+}
+
 impl crate::store::writer::BatchObserver for Metrics {
     fn batch_committed(&self, size: usize, commit_seconds: f64) {
         self.observe_batch(size, commit_seconds);

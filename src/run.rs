@@ -143,11 +143,18 @@ pub(crate) async fn serve_with(
         &store,
         WriterSettings {
             max_batch: settings.writer_max_batch,
+            idempotency_ttl: settings.retention.idempotency,
             ..WriterSettings::default()
         },
         hubs.clone(),
         Some(metrics.clone()),
     )?;
+    let sweeper = tokio::spawn(store::sweep::run(
+        writer.clone(),
+        settings.retention,
+        settings.sweep_interval,
+        shutdown.child_token(),
+    ));
     let app = Arc::new(App {
         store: store.clone(),
         writer,
@@ -198,6 +205,8 @@ pub(crate) async fn serve_with(
     shutdown.cancel();
     hubs.close_all().await;
     let _ = server.await;
+    // The sweeper holds a writer handle: it must let go before the writer can stop.
+    let _ = sweeper.await;
     // Dropping the last writer handle stops the writer after its final commit.
     drop(app);
     let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;

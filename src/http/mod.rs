@@ -306,6 +306,7 @@ async fn route(
             if let Some(jwks) = app.auth.jwks_snapshot() {
                 crate::metrics::render_jwks(&mut body, &jwks);
             }
+            body.push_str(&crate::metrics::render_retention(&stats));
             (
                 "metrics",
                 Ok(text_response(

@@ -126,7 +126,7 @@ pub struct SnapshotInfo {
 
 /// The tables a snapshot copies; a table missing here would be silently lost, so `snapshot`
 /// refuses a database that has any other.
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 11] = [
     "orders_v1",
     "by_customer_v1",
     "by_restaurant_v1",
@@ -136,7 +136,20 @@ const TABLES: [&str; 9] = [
     "meta_v1",
     "board_v1",
     "restaurant_counts_v1",
+    "finished_v1",
+    "idempotency_expiry_v1",
 ];
+
+/// Whether `rtx` sees the retention indexes complete (`FINISHED`, `IDEM_EXPIRY`): a file written
+/// before they existed lacks them until a server opens it (`Store::open` builds them).
+fn has_retention_index(rtx: &ReadTransaction) -> Result<bool, MaintenanceError> {
+    Ok(rtx
+        .open_table(META)
+        .map_err(st)?
+        .get(RETENTION_INDEX)
+        .map_err(st)?
+        .is_some())
+}
 
 /// Copies the state seen by one read transaction of `src` into a new database at `dest` (which
 /// must not exist). The copy is written as `dest.partial`, made durable, then renamed, so `dest`
@@ -181,6 +194,10 @@ pub fn snapshot<D: ReadableDatabase>(
         {
             copier.table(&rtx, BOARD)?;
             copier.table(&rtx, RESTAURANT_COUNTS)?;
+        }
+        if has_retention_index(&rtx)? {
+            copier.table(&rtx, FINISHED)?;
+            copier.table(&rtx, IDEM_EXPIRY)?;
         }
         // The last commit is durable and makes every earlier one durable too. The copy gets an
         // identity of its own, so a commit log of the original is never applied to it.
@@ -274,6 +291,16 @@ pub struct DbStats {
     pub outbox_events: u64,
     pub last_event_seq: u64,
     pub idempotency_keys: u64,
+    /// What the retention sweeper removed over the life of the file.
+    pub swept: SweptStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweptStats {
+    pub orders: u64,
+    pub idempotency_keys: u64,
+    pub outbox_events: u64,
 }
 
 pub fn stats<D: ReadableDatabase>(db: &D, path: &Path) -> Result<DbStats, MaintenanceError> {
@@ -308,13 +335,16 @@ pub fn stats<D: ReadableDatabase>(db: &D, path: &Path) -> Result<DbStats, Mainte
     }
     let outbox_events = rtx.open_table(OUTBOX).map_err(st)?.len().map_err(st)?;
     let idempotency_keys = rtx.open_table(IDEMPOTENCY).map_err(st)?.len().map_err(st)?;
-    let last_event_seq = rtx
-        .open_table(META)
-        .map_err(st)?
-        .get(EVENT_SEQ)
-        .map_err(st)?
-        .map(|v| v.value())
-        .unwrap_or(0);
+    let meta = rtx.open_table(META).map_err(st)?;
+    let counter = |key| -> Result<u64, MaintenanceError> {
+        Ok(meta.get(key).map_err(st)?.map(|v| v.value()).unwrap_or(0))
+    };
+    let last_event_seq = counter(EVENT_SEQ)?;
+    let swept = SweptStats {
+        orders: counter(SWEPT_ORDERS)?,
+        idempotency_keys: counter(SWEPT_IDEMPOTENCY)?,
+        outbox_events: counter(SWEPT_EVENTS)?,
+    };
     Ok(DbStats {
         file_bytes: file_len(path),
         orders,
@@ -323,6 +353,7 @@ pub fn stats<D: ReadableDatabase>(db: &D, path: &Path) -> Result<DbStats, Mainte
         outbox_events,
         last_event_seq,
         idempotency_keys,
+        swept,
     })
 }
 
@@ -384,6 +415,11 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
     } else {
         None
     };
+    let finished = match has_retention_index(&rtx)? {
+        true => Some(rtx.open_table(FINISHED).map_err(st)?),
+        false => None,
+    };
+    let mut finished_orders = 0u64;
     for entry in orders.iter().map_err(st)? {
         let (k, v) = entry.map_err(st)?;
         let key = uuid::Uuid::from_bytes(*k.value());
@@ -426,6 +462,26 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
             *board_counts
                 .entry(count_key(o.restaurant_id, o.status))
                 .or_default() += 1;
+        }
+        if let (Some(f), true) = (&finished, o.status.is_terminal()) {
+            finished_orders += 1;
+            if f.get(&finished_key(o.updated_at, o.id))
+                .map_err(st)?
+                .is_none()
+            {
+                r.problem(format!(
+                    "finished order {} is missing from the retention index",
+                    o.id
+                ));
+            }
+        }
+    }
+    if let Some(f) = &finished {
+        let n = f.len().map_err(st)?;
+        if n != finished_orders {
+            r.problem(format!(
+                "the retention index has {n} entries for {finished_orders} finished orders"
+            ));
         }
     }
     if let Some(board) = &board {
@@ -478,6 +534,10 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
             r.problem(format!("event {} cannot be decoded: {e}", k.value()));
         }
     }
+    let expiry = match finished {
+        Some(_) => Some(rtx.open_table(IDEM_EXPIRY).map_err(st)?),
+        None => None,
+    };
     for entry in rtx
         .open_table(IDEMPOTENCY)
         .map_err(st)?
@@ -485,10 +545,29 @@ pub fn check_invariants<D: ReadableDatabase>(db: &D) -> Result<CheckReport, Main
         .map_err(st)?
     {
         let (k, v) = entry.map_err(st)?;
-        if decode::<IdempotencyRecord>(v.value()).is_err() {
-            r.problem(format!(
+        match decode::<IdempotencyRecord>(v.value()) {
+            Err(_) => r.problem(format!(
                 "idempotency record '{}' cannot be decoded",
                 k.value()
+            )),
+            Ok(rec) => {
+                let Some(expiry) = &expiry else { continue };
+                let ek = idem_expiry_key(crate::domain::Timestamp(rec.created_ms), k.value());
+                if expiry.get(ek.as_slice()).map_err(st)?.is_none() {
+                    r.problem(format!(
+                        "idempotency record '{}' is missing from the expiry index",
+                        k.value()
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(expiry) = &expiry {
+        let keys = rtx.open_table(IDEMPOTENCY).map_err(st)?.len().map_err(st)?;
+        let n = expiry.len().map_err(st)?;
+        if n != keys {
+            r.problem(format!(
+                "the expiry index has {n} entries for {keys} idempotency records"
             ));
         }
     }

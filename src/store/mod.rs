@@ -6,6 +6,7 @@ pub(crate) mod dirsync;
 pub(crate) mod heads;
 pub(crate) mod maintenance;
 pub(crate) mod schema;
+pub(crate) mod sweep;
 pub(crate) mod wal;
 pub(crate) mod writer;
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use uuid::Uuid;
 
+pub use sweep::Retention;
 pub use writer::{
     ActRequest, Acted, EventSink, PlaceRequest, Placed, WriterHandle, WriterSettings,
 };
@@ -139,6 +141,10 @@ pub struct StoreStats {
     pub events: u64,
     pub idempotency_keys: u64,
     pub file_bytes: u64,
+    /// Rows the retention sweeper removed over the life of the file.
+    pub swept_orders: u64,
+    pub swept_idempotency_keys: u64,
+    pub swept_events: u64,
 }
 
 /// Read access to the database. Cheap to clone.
@@ -245,6 +251,66 @@ fn open_file(path: &Path, settings: &StoreSettings) -> Result<Database, StoreErr
         .map_err(StoreError::io)
 }
 
+/// Fills `FINISHED` and `IDEM_EXPIRY` from the orders and idempotency records of a file written
+/// before they existed (one durable transaction, once: `RETENTION_INDEX` marks it done). A new
+/// file is marked at once. O(orders) the one time it runs.
+fn build_retention_index(db: &Database) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    {
+        let rtx = db.begin_read().map_err(StoreError::io)?;
+        let meta = rtx.open_table(META).map_err(StoreError::io)?;
+        if meta.get(RETENTION_INDEX).map_err(StoreError::io)?.is_some() {
+            return Ok(());
+        }
+    }
+    let mut txn = db.begin_write().map_err(StoreError::io)?;
+    txn.set_quick_repair(QUICK_REPAIR);
+    let mut built = (0u64, 0u64);
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+        let mut finished = txn.open_table(FINISHED).map_err(StoreError::io)?;
+        for entry in txn
+            .open_table(ORDERS)
+            .map_err(StoreError::io)?
+            .iter()
+            .map_err(StoreError::io)?
+        {
+            let (_, v) = entry.map_err(StoreError::io)?;
+            let o: Order = decode(v.value())?;
+            if o.status.is_terminal() {
+                let key = finished_key(o.updated_at, o.id);
+                finished
+                    .insert(&key, o.status.code())
+                    .map_err(StoreError::io)?;
+                built.0 += 1;
+            }
+        }
+        let mut expiry = txn.open_table(IDEM_EXPIRY).map_err(StoreError::io)?;
+        for entry in txn
+            .open_table(IDEMPOTENCY)
+            .map_err(StoreError::io)?
+            .iter()
+            .map_err(StoreError::io)?
+        {
+            let (k, v) = entry.map_err(StoreError::io)?;
+            let rec: IdempotencyRecord = decode(v.value())?;
+            let key = idem_expiry_key(crate::domain::Timestamp(rec.created_ms), k.value());
+            expiry.insert(key.as_slice(), 0).map_err(StoreError::io)?;
+            built.1 += 1;
+        }
+        meta.insert(RETENTION_INDEX, 1).map_err(StoreError::io)?;
+    }
+    txn.commit().map_err(StoreError::io)?;
+    if built != (0, 0) {
+        tracing::info!(
+            finished_orders = built.0,
+            idempotency_keys = built.1,
+            "built the retention index of a file written before it existed"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) `orders.redb` in `dir` and makes sure every table exists.
     pub fn open(dir: &Path, settings: &StoreSettings) -> Result<Store, StoreError> {
@@ -262,6 +328,8 @@ impl Store {
             txn.open_table(IDEMPOTENCY).map_err(StoreError::io)?;
             txn.open_table(BOARD).map_err(StoreError::io)?;
             txn.open_table(RESTAURANT_COUNTS).map_err(StoreError::io)?;
+            txn.open_table(FINISHED).map_err(StoreError::io)?;
+            txn.open_table(IDEM_EXPIRY).map_err(StoreError::io)?;
         }
         let db_id = ensure_db_id(&txn)?;
         txn.commit().map_err(StoreError::io)?;
@@ -287,6 +355,10 @@ impl Store {
             Ok(Some(n)) => tracing::info!(orders = n, "built the kitchen board index"),
             Ok(None) => {}
             Err(e) => return Err(e),
+        }
+        // After the log: its records from an older version did not maintain the indexes.
+        if let Err(e) = build_retention_index(&db) {
+            tracing::warn!(error = %e, "retention index not built; the next start tries again");
         }
         // redb never syncs the directory: without this a power cut can take the names of a
         // new orders.redb or orders.wal (or bring back a removed log) with every write in them.
@@ -691,11 +763,22 @@ impl Store {
             .len()
             .map_err(StoreError::io)?;
         let file_bytes = std::fs::metadata(self.path()).map(|m| m.len()).unwrap_or(0);
+        let meta = txn.open_table(META).map_err(StoreError::io)?;
+        let swept = |key| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(key)
+                .map_err(StoreError::io)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
         Ok(StoreStats {
             orders,
             events,
             idempotency_keys,
             file_bytes,
+            swept_orders: swept(SWEPT_ORDERS)?,
+            swept_idempotency_keys: swept(SWEPT_IDEMPOTENCY)?,
+            swept_events: swept(SWEPT_EVENTS)?,
         })
     }
 }

@@ -24,19 +24,71 @@ pub const BOARD: TableDefinition<&[u8; 41], ()> = TableDefinition::new("board_v1
 /// `totalCount`). Built with `BOARD`.
 pub const RESTAURANT_COUNTS: TableDefinition<&[u8; 17], u64> =
     TableDefinition::new("restaurant_counts_v1");
-/// event sequence number → MessagePack `OrderEvent` (the outbox, newest `OUTBOX_KEEP` kept).
+/// event sequence number → MessagePack `OrderEvent` (the outbox: kept for `--outbox-retention`,
+/// and never more than the newest `OUTBOX_KEEP`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_v1");
 /// "{caller}/{key}" → MessagePack `IdempotencyRecord`.
 pub const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_v1");
-/// Counters: `event_seq`, `order_seq/{year}`, `clock`, `log_seq`, `db_id`.
+/// Counters: `event_seq`, `order_seq/{year}`, `clock`, `log_seq`, `db_id`, `swept/…`,
+/// `retention_index`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+/// finished-at ‖ order id → status code: every order in a terminal status, oldest first, so the
+/// sweeper finds the expired ones in O(expired). Added with retention; `Store::open` builds it
+/// for a file that lacks it (`RETENTION_INDEX`).
+pub const FINISHED: TableDefinition<&[u8; 24], u8> = TableDefinition::new("finished_v1");
+/// created-at ‖ "{caller}/{key}" → 0: every idempotency record, oldest first (the sweeper's
+/// index, like `FINISHED`).
+pub const IDEM_EXPIRY: TableDefinition<&[u8], u8> = TableDefinition::new("idempotency_expiry_v1");
 
-/// How many events the outbox keeps.
-pub const OUTBOX_KEEP: u64 = 200_000;
+/// The hard cap on the outbox, whatever its time retention: a burst can never make it hold more
+/// than this many events (each insert beyond it removes the oldest).
+pub const OUTBOX_KEEP: u64 = 1_000_000;
+
+/// Set to 1 once `FINISHED` and `IDEM_EXPIRY` cover every order and key in the file.
+pub const RETENTION_INDEX: &str = "retention_index";
+/// Rows the sweeper removed over the life of the file, per kind.
+pub const SWEPT_ORDERS: &str = "swept/orders";
+pub const SWEPT_IDEMPOTENCY: &str = "swept/idempotency";
+pub const SWEPT_EVENTS: &str = "swept/events";
 
 /// Placement time as bytes that sort like the signed number.
 fn time_bytes(t: Timestamp) -> [u8; 8] {
     ((t.millis() as u64) ^ (1u64 << 63)).to_be_bytes()
+}
+
+pub fn finished_key(at: Timestamp, order: Uuid) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&time_bytes(at));
+    k[8..].copy_from_slice(order.as_bytes());
+    k
+}
+
+/// The order id and finish time of a `FINISHED` key.
+pub fn parse_finished_key(k: &[u8; 24]) -> (Timestamp, Uuid) {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&k[8..]);
+    (time_of(&k[..8]), Uuid::from_bytes(id))
+}
+
+pub fn idem_expiry_key(created: Timestamp, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&time_bytes(created));
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The creation time and idempotency key of an `IDEM_EXPIRY` key (`None` if it is malformed).
+pub fn parse_idem_expiry_key(k: &[u8]) -> Option<(Timestamp, &str)> {
+    let time = k.get(..8)?;
+    let key = std::str::from_utf8(k.get(8..)?).ok()?;
+    Some((time_of(time), key))
+}
+
+/// The inverse of `time_bytes` (8 bytes).
+fn time_of(b: &[u8]) -> Timestamp {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    Timestamp((u64::from_be_bytes(a) ^ (1u64 << 63)) as i64)
 }
 
 pub fn index_key(owner: Uuid, placed: Timestamp, order: Uuid) -> [u8; 40] {
@@ -143,5 +195,19 @@ mod tests {
         let other = board_key(r, OrderStatus::Accepted, Timestamp(-100), o);
         assert!(other < lo || other > hi);
         assert_eq!(order_id_of_board(&late), o);
+    }
+
+    #[test]
+    fn retention_keys_sort_by_time_and_round_trip() {
+        let o = Uuid::from_u128(9);
+        let early = finished_key(Timestamp(-3), Uuid::from_u128(u128::MAX));
+        let late = finished_key(Timestamp(1_700_000_000_000), o);
+        assert!(early < late);
+        assert_eq!(parse_finished_key(&late), (Timestamp(1_700_000_000_000), o));
+        let a = idem_expiry_key(Timestamp(5), "svc/zzz");
+        let b = idem_expiry_key(Timestamp(6), "svc/aaa");
+        assert!(a < b);
+        assert_eq!(parse_idem_expiry_key(&b), Some((Timestamp(6), "svc/aaa")));
+        assert_eq!(parse_idem_expiry_key(b"short"), None);
     }
 }

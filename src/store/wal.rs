@@ -45,6 +45,8 @@ pub enum Tab {
     Meta = 7,
     Board = 8,
     RestaurantCounts = 9,
+    Finished = 10,
+    IdemExpiry = 11,
 }
 
 impl Tab {
@@ -59,6 +61,8 @@ impl Tab {
             7 => Tab::Meta,
             8 => Tab::Board,
             9 => Tab::RestaurantCounts,
+            10 => Tab::Finished,
+            11 => Tab::IdemExpiry,
             _ => return None,
         })
     }
@@ -138,6 +142,8 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
     let mut meta = txn.open_table(META).map_err(io)?;
     let mut board = txn.open_table(BOARD).map_err(io)?;
     let mut restaurant_counts = txn.open_table(RESTAURANT_COUNTS).map_err(io)?;
+    let mut finished = txn.open_table(FINISHED).map_err(io)?;
+    let mut idem_expiry = txn.open_table(IDEM_EXPIRY).map_err(io)?;
     for payload in payloads {
         let mut at = 0;
         while at < payload.len() {
@@ -158,6 +164,8 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                     Tab::RestaurantCounts => {
                         restaurant_counts.remove(fixed::<17>(key)?).map(|_| ())
                     }
+                    Tab::Finished => finished.remove(fixed::<24>(key)?).map(|_| ()),
+                    Tab::IdemExpiry => idem_expiry.remove(key).map(|_| ()),
                 }
                 .map_err(StoreError::io)?;
                 continue;
@@ -180,6 +188,10 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                 Tab::RestaurantCounts => restaurant_counts
                     .insert(fixed::<17>(key)?, number(value)?)
                     .map(|_| ()),
+                Tab::Finished => finished
+                    .insert(fixed::<24>(key)?, fixed::<1>(value)?[0])
+                    .map(|_| ()),
+                Tab::IdemExpiry => idem_expiry.insert(key, fixed::<1>(value)?[0]).map(|_| ()),
             }
             .map_err(StoreError::io)?;
         }
@@ -687,6 +699,14 @@ mod tests {
         r.delete(Tab::Counts, &[8u8; 17]);
         r.put(Tab::Board, &[9u8; 41], &[]);
         r.put(Tab::RestaurantCounts, &[10u8; 17], &4u64.to_le_bytes());
+        r.put(Tab::Finished, &[9u8; 24], &[6]);
+        r.put(
+            Tab::IdemExpiry,
+            b"\x01\x02\x03\x04\x05\x06\x07\x08svc/key",
+            &[0],
+        );
+        r.put(Tab::IdemExpiry, b"gone", &[0]);
+        r.delete(Tab::IdemExpiry, b"gone");
         let txn = db.begin_write().unwrap();
         apply(&[r.bytes()], &txn).unwrap();
         txn.commit().unwrap();
@@ -710,6 +730,11 @@ mod tests {
         assert!(board.get(&[9u8; 41]).unwrap().is_some());
         let rc = read.open_table(RESTAURANT_COUNTS).unwrap();
         assert_eq!(rc.get(&[10u8; 17]).unwrap().unwrap().value(), 4);
+        let fin = read.open_table(FINISHED).unwrap();
+        assert_eq!(fin.get(&[9u8; 24]).unwrap().unwrap().value(), 6);
+        let exp = read.open_table(IDEM_EXPIRY).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&exp).unwrap(), 1);
+        assert!(exp.get(b"gone".as_slice()).unwrap().is_none());
     }
 
     #[test]

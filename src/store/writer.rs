@@ -4,6 +4,7 @@
 //! answers each request. Nothing is acknowledged before its commit returned.
 
 use super::schema::*;
+use super::sweep::{SweepRequest, Swept};
 use super::wal::{Redo, Tab};
 use super::{decode, encode, IdempotencyRecord, Store, StoreError, QUICK_REPAIR};
 use crate::domain::{
@@ -13,7 +14,7 @@ use crate::domain::{
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -47,6 +48,9 @@ pub struct WriterSettings {
     pub queue: usize,
     /// Most requests applied in one transaction.
     pub max_batch: usize,
+    /// How long an `Idempotency-Key` is remembered (`None`: forever). A retry after this is a
+    /// new request even before the sweeper removed the record.
+    pub idempotency_ttl: Option<Duration>,
 }
 
 impl Default for WriterSettings {
@@ -54,6 +58,7 @@ impl Default for WriterSettings {
         WriterSettings {
             queue: 4096,
             max_batch: 512,
+            idempotency_ttl: None,
         }
     }
 }
@@ -129,6 +134,8 @@ impl<Req, Res> Job<Req, Res> {
 enum Command {
     Place(Box<Job<PlaceRequest, Placed>>),
     Act(Box<Job<ActRequest, Acted>>),
+    /// One bounded step of the retention sweeper (`sweep.rs`).
+    Sweep(Box<Job<SweepRequest, Swept>>),
 }
 
 impl Command {
@@ -143,6 +150,15 @@ impl Command {
                 Some(Acted::Changed(o)) => Some(o),
                 _ => None,
             },
+            Command::Sweep(_) => None,
+        }
+    }
+
+    /// Whether the command wrote anything (else the batch may need no commit).
+    fn wrote(&self) -> bool {
+        match self {
+            Command::Sweep(j) => j.answer.is_some_and(|s| s.removed() > 0),
+            _ => self.changed_order().is_some(),
         }
     }
 
@@ -150,6 +166,7 @@ impl Command {
         match self {
             Command::Place(j) => j.finish(),
             Command::Act(j) => j.finish(),
+            Command::Sweep(j) => j.finish(),
         }
     }
 
@@ -157,6 +174,7 @@ impl Command {
         match self {
             Command::Place(j) => j.fail(e),
             Command::Act(j) => j.fail(e),
+            Command::Sweep(j) => j.fail(e),
         }
     }
 }
@@ -185,6 +203,16 @@ impl WriterHandle {
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
+
+    /// Runs one bounded sweep step (see `sweep.rs`), committed like any write.
+    pub async fn sweep(&self, req: SweepRequest) -> Result<Swept, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Sweep(Box::new(Job::new(req, tx))))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
 }
 
 /// Starts the writer thread. It stops when every `WriterHandle` is dropped; join the returned
@@ -197,6 +225,9 @@ pub fn spawn(
 ) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
     let mut writer = Writer::new(store.clone(), settings.max_batch.max(1))?;
+    writer.idempotency_ttl_ms = settings
+        .idempotency_ttl
+        .map(|d| d.as_millis().min(i64::MAX as u128) as i64);
     let join = std::thread::Builder::new()
         .name("ordertrack-writer".into())
         .spawn(move || writer.run(rx, sink, observer))
@@ -204,18 +235,22 @@ pub fn spawn(
     Ok((WriterHandle { tx }, join))
 }
 
-struct Tables<'t> {
-    orders: Table<'t, &'static [u8; 16], &'static [u8]>,
-    by_customer: Table<'t, &'static [u8; 40], u8>,
-    by_restaurant: Table<'t, &'static [u8; 40], u8>,
+/// The tables of one write transaction. Only the methods below (and the sweeper's, in
+/// `sweep.rs`) change a table, so that every write is also in the commit log record.
+pub(super) struct Tables<'t> {
+    pub(super) orders: Table<'t, &'static [u8; 16], &'static [u8]>,
+    pub(super) by_customer: Table<'t, &'static [u8; 40], u8>,
+    pub(super) by_restaurant: Table<'t, &'static [u8; 40], u8>,
     counts: Table<'t, &'static [u8; 17], u64>,
-    outbox: Table<'t, u64, &'static [u8]>,
-    idem: Table<'t, &'static str, &'static [u8]>,
+    pub(super) outbox: Table<'t, u64, &'static [u8]>,
+    pub(super) idem: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
     board: Table<'t, &'static [u8; 41], ()>,
     restaurant_counts: Table<'t, &'static [u8; 17], u64>,
-    /// Every write, for the commit log: only the methods below change a table.
-    redo: &'t mut Redo,
+    pub(super) finished: Table<'t, &'static [u8; 24], u8>,
+    pub(super) idem_expiry: Table<'t, &'static [u8], u8>,
+    /// Every write, for the commit log.
+    pub(super) redo: &'t mut Redo,
 }
 
 impl<'t> Tables<'t> {
@@ -230,11 +265,13 @@ impl<'t> Tables<'t> {
             meta: txn.open_table(META).map_err(StoreError::io)?,
             board: txn.open_table(BOARD).map_err(StoreError::io)?,
             restaurant_counts: txn.open_table(RESTAURANT_COUNTS).map_err(StoreError::io)?,
+            finished: txn.open_table(FINISHED).map_err(StoreError::io)?,
+            idem_expiry: txn.open_table(IDEM_EXPIRY).map_err(StoreError::io)?,
             redo,
         })
     }
 
-    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+    pub(super) fn meta(&self, key: &str) -> Result<u64, StoreError> {
         Ok(self
             .meta
             .get(key)
@@ -243,7 +280,7 @@ impl<'t> Tables<'t> {
             .unwrap_or(0))
     }
 
-    fn set_meta(&mut self, key: &str, v: u64) -> Result<(), StoreError> {
+    pub(super) fn set_meta(&mut self, key: &str, v: u64) -> Result<(), StoreError> {
         self.meta.insert(key, v).map_err(StoreError::io)?;
         self.redo.put(Tab::Meta, key.as_bytes(), &v.to_le_bytes());
         Ok(())
@@ -260,13 +297,33 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn put_idempotency(&mut self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Stores an idempotency record created at `created` and its sweeper index entry; `replaces`
+    /// is the creation time of an expired record under the same key, whose entry goes.
+    fn put_idempotency(
+        &mut self,
+        key: &str,
+        bytes: &[u8],
+        created: Timestamp,
+        replaces: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         self.idem.insert(key, bytes).map_err(StoreError::io)?;
         self.redo.put(Tab::Idempotency, key.as_bytes(), bytes);
+        if let Some(old) = replaces {
+            let k = idem_expiry_key(old, key);
+            self.idem_expiry
+                .remove(k.as_slice())
+                .map_err(StoreError::io)?;
+            self.redo.delete(Tab::IdemExpiry, &k);
+        }
+        let k = idem_expiry_key(created, key);
+        self.idem_expiry
+            .insert(k.as_slice(), 0)
+            .map_err(StoreError::io)?;
+        self.redo.put(Tab::IdemExpiry, &k, &[0]);
         Ok(())
     }
 
-    fn bump_count(
+    pub(super) fn bump_count(
         &mut self,
         customer: Uuid,
         status: OrderStatus,
@@ -306,6 +363,22 @@ impl<'t> Tables<'t> {
         )
     }
 
+    /// Takes `order` off the kitchen board with its restaurant counter (the sweeper removing a
+    /// finished order).
+    pub(super) fn take_off_board(&mut self, order: &Order) -> Result<(), StoreError> {
+        let k = board_key(order.restaurant_id, order.status, order.placed_at, order.id);
+        self.board.remove(&k).map_err(StoreError::io)?;
+        self.redo.delete(Tab::Board, &k);
+        let ck = count_key(order.restaurant_id, order.status);
+        bump(
+            &mut self.restaurant_counts,
+            self.redo,
+            Tab::RestaurantCounts,
+            &ck,
+            -1,
+        )
+    }
+
     fn put_order(&mut self, order: &Order) -> Result<(), StoreError> {
         let bytes = encode(order)?;
         self.orders
@@ -321,6 +394,12 @@ impl<'t> Tables<'t> {
             .insert(&rk, code)
             .map_err(StoreError::io)?;
         self.redo.put(Tab::ByRestaurant, &rk, &[code]);
+        if order.status.is_terminal() {
+            // A finished order never changes again: its entry is written once.
+            let fk = finished_key(order.updated_at, order.id);
+            self.finished.insert(&fk, code).map_err(StoreError::io)?;
+            self.redo.put(Tab::Finished, &fk, &[code]);
+        }
         Ok(())
     }
 }
@@ -358,6 +437,8 @@ struct Writer {
     events: Vec<Arc<OrderEvent>>,
     /// Recycled buffer of the current batch's writes (the commit log record).
     redo: Redo,
+    /// `WriterSettings::idempotency_ttl` in milliseconds.
+    idempotency_ttl_ms: Option<i64>,
 }
 
 impl Writer {
@@ -378,6 +459,7 @@ impl Writer {
             last_now,
             events: Vec::new(),
             redo: Redo::default(),
+            idempotency_ttl_ms: None,
         })
     }
 
@@ -454,7 +536,7 @@ impl Writer {
         redo.clear();
         let applied = self.apply_commands(&txn, &mut redo, batch);
         let result = applied.and_then(|()| {
-            if batch.iter().all(|c| c.changed_order().is_none()) {
+            if !batch.iter().any(Command::wrote) {
                 // Only refusals, repeats and replays: their answers need no commit (and no
                 // fsync).
                 return txn
@@ -483,6 +565,10 @@ impl Writer {
                 }
                 Command::Act(job) => {
                     job.answer = Some(self.act(&mut t, &job.req, &mut seq)?);
+                }
+                Command::Sweep(job) => {
+                    let now = self.now();
+                    job.answer = Some(super::sweep::step(&mut t, now, &job.req)?);
                 }
             }
         }
@@ -566,17 +652,24 @@ impl Writer {
         req: &PlaceRequest,
         seq: &mut u64,
     ) -> Result<Placed, StoreError> {
+        let now = self.now();
+        let mut expired = None;
         if let Some((key, fp)) = &req.idempotency {
             if let Some(raw) = t.idem.get(key.as_str()).map_err(StoreError::io)? {
                 let rec: IdempotencyRecord = decode(raw.value())?;
-                return Ok(if &rec.fingerprint == fp {
-                    Placed::Replayed(rec.order)
+                let age = now.millis().saturating_sub(rec.created_ms);
+                if self.idempotency_ttl_ms.is_some_and(|ttl| age >= ttl) {
+                    // Past its time to live: a new request, even before the sweeper ran.
+                    expired = Some(Timestamp(rec.created_ms));
                 } else {
-                    Placed::KeyReused
-                });
+                    return Ok(if &rec.fingerprint == fp {
+                        Placed::Replayed(rec.order)
+                    } else {
+                        Placed::KeyReused
+                    });
+                }
             }
         }
-        let now = self.now();
         let year_key = order_seq_key(now.year());
         let n = t.meta(&year_key)? + 1;
         t.set_meta(&year_key, n)?;
@@ -599,7 +692,7 @@ impl Writer {
                 created_ms: now.millis(),
             };
             let bytes = encode(&rec)?;
-            t.put_idempotency(key, &bytes)?;
+            t.put_idempotency(key, &bytes, now, expired)?;
         }
         Ok(Placed::Created(order))
     }

@@ -737,6 +737,7 @@ async fn seed(dir: &std::path::Path, n: u64) -> R<String> {
         WriterSettings {
             queue: 8192,
             max_batch: 2000,
+            ..WriterSettings::default()
         },
         Arc::new(NoEvents),
         None,
