@@ -5,6 +5,7 @@
 #   * the npm packages pinned in scripts/peer/package-lock.json (via `npm ci`)
 #   * Debian's chromium at /usr/bin/chromium (only when it is missing)
 #   * Debian's wrk, the HTTP load generator of scripts/bench.sh (only when it is missing)
+#   * Debian's openssl and curl, used by the TLS and JWKS tests (only when missing)
 #
 # Idempotent and quiet: prints nothing when everything is already there or was
 # installed successfully; on failure it prints the failing tool's output.
@@ -89,15 +90,22 @@ if [ "$peer_want" != "$peer_have" ] || [ ! -f "$peer_dir/node_modules/socket.io/
     printf '%s\n' "$peer_want" >"$peer_stamp_file"
 fi
 
-# ------------------------------------------------------------------------- wrk
-# scripts/bench.sh measures server CPU per request with wrk (ordertrack-load cpu).
-if ! command -v wrk >/dev/null 2>&1; then
-    command -v apt-get >/dev/null 2>&1 || die "wrk is missing and apt-get is not available"
+# ------------------------------------------------------------- wrk, openssl
+# Installs Debian package $2 when command $1 is missing.
+apt_tool() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    command -v apt-get >/dev/null 2>&1 || die "$1 is missing and apt-get is not available"
     quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300
     quiet as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300 --no-install-recommends wrk
-    command -v wrk >/dev/null 2>&1 || die "apt-get installed wrk but it is not on PATH"
-fi
+        apt-get install -y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300 --no-install-recommends "$2"
+    command -v "$1" >/dev/null 2>&1 || die "apt-get installed $2 but $1 is not on PATH"
+}
+# scripts/bench.sh measures server CPU per request with wrk (ordertrack-load cpu).
+apt_tool wrk wrk
+# tests/ops_tls.rs and tests/auth_jwks.rs make their certificates and keys with the CLI.
+apt_tool openssl openssl
+# tests/ops_tls.rs talks TLS with curl (--cacert, --http2, --tlsv1.1).
+apt_tool curl curl
 
 # -------------------------------------------------------------------- chromium
 if [ "${INTEROP_SKIP_BROWSER:-0}" != "1" ] && [ ! -x "$chromium_bin" ]; then
