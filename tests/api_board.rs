@@ -1,7 +1,8 @@
 //! The kitchen board, end to end on the real binary: `GET /api/v1/restaurants/{id}/orders`
 //! (who may read it, order, paging, filters, cursor, 400s), `ResumeRestaurant` on a raw hub
 //! connection (replay then live, no gap and no duplicate while writes race the resume,
-//! `CursorExpired`), and the `/board` page's headers. Contract section 8.
+//! `CursorExpired`, also once the retention sweeper removed the events), and the `/board`
+//! page's headers. Contract section 8.
 
 mod common;
 use common::hub::*;
@@ -274,6 +275,52 @@ async fn resume_replays_then_goes_live_without_gap_or_duplicate_while_writes_rac
         .await;
     assert!(c.get("error").is_none(), "{c}");
     hub.quiet(Duration::from_millis(200)).await;
+}
+
+/// With a short `--outbox-retention`, the sweeper removes the events a cursor points into:
+/// a resume from before them completes with `CursorExpired:`, while a resume from the board's
+/// current cursor still gets the next event live, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_the_sweeper_overtook_is_expired_and_a_fresh_one_goes_on() {
+    let server =
+        blocking(|| Server::start_with(&["--outbox-retention", "1s", "--sweep-interval", "1s"]));
+    let cast = Cast::new();
+    for _ in 0..3 {
+        blocking(|| place(&server, &cast, "CashOnDelivery"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blocking(|| metric(&server, "ordertrack_swept_total{kind=\"outbox_events\"}")) < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper never removed the events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, board) =
+        blocking(|| get_json(&server, &cast.staff_token, &board_path(cast.restaurant, "")));
+    assert_eq!(
+        board["totalCount"], 3,
+        "orders stay; only their events went"
+    );
+    let cursor = board["cursor"].as_u64().expect("cursor");
+    assert_eq!(cursor, 3);
+
+    let mut hub = JsonHub::connect(server.port, RESTAURANT_HUB, &cast.staff_token).await;
+    let c = hub
+        .invoke("ResumeRestaurant", json!([cast.restaurant, 0]))
+        .await;
+    let e = c["error"].as_str().unwrap_or("");
+    assert!(e.starts_with("CursorExpired:"), "{c}");
+
+    let c = hub
+        .invoke("ResumeRestaurant", json!([cast.restaurant, cursor]))
+        .await;
+    assert!(c.get("error").is_none(), "{c}");
+    let id = blocking(|| place(&server, &cast, "CashOnDelivery"));
+    let got = read_events(&mut hub, 1).await;
+    assert_eq!(got[0]["orderId"], id.to_string());
+    assert_eq!(got[0]["sequence"], 4);
+    hub.quiet(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
