@@ -613,11 +613,9 @@ impl Conn<'_> {
                 arguments,
                 stream_ids,
             } => {
-                let result = if stream_ids.is_empty() {
-                    self.session.invoke(&target, &arguments)
-                } else {
-                    Err(proto::invocation_failed_error(&target))
-                };
+                let result = self
+                    .session
+                    .invoke_from_client(&target, &arguments, &stream_ids);
                 let Some(id) = invocation_id else {
                     return Next::Continue;
                 };

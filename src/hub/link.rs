@@ -602,11 +602,9 @@ impl Conn<'_> {
                 arguments,
                 stream_ids,
             } => {
-                let result = if stream_ids.is_empty() {
-                    self.session.invoke(&target, &arguments)
-                } else {
-                    Err(proto::invocation_failed_error(&target))
-                };
+                let result = self
+                    .session
+                    .invoke_from_client(&target, &arguments, &stream_ids);
                 let id = invocation_id?;
                 match &result {
                     Ok(Some(dto)) => encode_completion(protocol, &id, Outcome::Value(dto)),

@@ -113,6 +113,21 @@ impl<'a> Session<'a> {
     }
 
     /// Runs a hub method. `Ok(Some)` completes with a value, `Ok(None)` is a void completion.
+    /// A client's invocation on any transport: the hub has no streaming methods, so one that
+    /// names client streams fails as ASP.NET's would.
+    pub fn invoke_from_client(
+        &mut self,
+        target: &str,
+        args: &[Arg],
+        stream_ids: &[String],
+    ) -> Result<Option<OrderStatusBroadcast>, String> {
+        if stream_ids.is_empty() {
+            self.invoke(target, args)
+        } else {
+            Err(proto::invocation_failed_error(target))
+        }
+    }
+
     pub fn invoke(
         &mut self,
         target: &str,

@@ -595,13 +595,7 @@ impl Store {
     ) -> Result<BoardPage, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(StoreError::io)?;
-        let cursor = txn
-            .open_table(META)
-            .map_err(StoreError::io)?
-            .get(EVENT_SEQ)
-            .map_err(StoreError::io)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let cursor = newest_event_seq(&txn)?;
         let counts = txn.open_table(RESTAURANT_COUNTS).map_err(StoreError::io)?;
         let mut total = 0u64;
         for s in statuses {
@@ -679,13 +673,7 @@ impl Store {
         use redb::ReadableTable;
         let db = self.db()?;
         let txn = db.begin_read().map_err(StoreError::io)?;
-        let newest = txn
-            .open_table(META)
-            .map_err(StoreError::io)?
-            .get(EVENT_SEQ)
-            .map_err(StoreError::io)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let newest = newest_event_seq(&txn)?;
         let outbox = txn.open_table(OUTBOX).map_err(StoreError::io)?;
         let oldest = outbox
             .first()
@@ -736,11 +724,7 @@ impl Store {
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(StoreError::io)?;
-        let t = txn.open_table(META).map_err(StoreError::io)?;
-        Ok(t.get(EVENT_SEQ)
-            .map_err(StoreError::io)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        newest_event_seq(&txn)
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -781,6 +765,17 @@ impl Store {
             swept_events: swept(SWEPT_EVENTS)?,
         })
     }
+}
+
+/// The sequence number of the newest committed event that `txn` sees (0 when there is none).
+fn newest_event_seq(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)
+        .map_err(StoreError::io)?
+        .get(EVENT_SEQ)
+        .map_err(StoreError::io)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 #[cfg(test)]
