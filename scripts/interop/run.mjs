@@ -1237,6 +1237,19 @@ async function tBrowserTrack(ctx, env, { protocol, transport, base, label }) {
     throw new Error(`${label}: could not subscribe: ${started.error}\n${indent(log.join("\n"))}`);
   }
   assertEq(started.status, "Placed", `${label}: SubscribeToOrder result status`);
+  // A refused subscription (an order that does not exist) completes with an error over this
+  // transport too, and leaves the connection working: the events below still arrive.
+  const refused = await page.evaluate(async (id) => {
+    try {
+      await window.__conn.invoke("SubscribeToOrder", id);
+      return { refused: false };
+    } catch (e) {
+      return { refused: true, message: String((e && e.message) || e), state: window.__conn.state };
+    }
+  }, randomUUID());
+  assert(refused.refused, `${label}: SubscribeToOrder of an unknown order was not refused`);
+  assert(refused.message.length > 0 && !/timed out/.test(refused.message), `${label}: refusal ${show(refused.message)}`);
+  assertEq(refused.state, "Connected", `${label}: connection state after the refusal`);
   const staff = await newStaff(restaurantId);
   await act(order.orderId, "accept", staff, { estimatedDeliveryTime: inMinutes(30) }, "Accepted");
   await act(order.orderId, "preparing", staff, {}, "Preparing");
