@@ -187,28 +187,30 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     pub async fn place(&self, req: PlaceRequest) -> Result<Placed, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Place(Box::new(Job::new(req, tx))))
+        self.call(|tx| Command::Place(Box::new(Job::new(req, tx))))
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     pub async fn act(&self, req: ActRequest) -> Result<Acted, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Act(Box::new(Job::new(req, tx))))
+        self.call(|tx| Command::Act(Box::new(Job::new(req, tx))))
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Runs one bounded sweep step (see `sweep.rs`), committed like any write.
     pub async fn sweep(&self, req: SweepRequest) -> Result<Swept, StoreError> {
+        self.call(|tx| Command::Sweep(Box::new(Job::new(req, tx))))
+            .await
+    }
+
+    /// Queues the command `make` builds around a reply channel and waits for the answer; a
+    /// writer that is gone (shutdown) is `ShuttingDown`.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Sweep(Box::new(Job::new(req, tx))))
+            .send(make(tx))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?

@@ -9,7 +9,7 @@
 
 use super::{minter, place_orders, Cli, Http, R};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -243,12 +243,7 @@ async fn probe(addr: SocketAddr, t: &Target) -> R<(u16, usize, Option<String>)> 
         .get("etag")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = super::body_of(resp).await?;
     Ok((status, body.len(), etag))
 }
 

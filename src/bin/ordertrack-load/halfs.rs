@@ -53,12 +53,7 @@ async fn whole(
 ) -> R<(u16, Bytes)> {
     let resp = request(s, method, path, token, body, "*/*").await?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = body_of(resp).await?;
     Ok((status, body))
 }
 

@@ -313,6 +313,16 @@ fn main() {
 
 type R<T> = Result<T, String>;
 
+/// The whole body of a response.
+async fn body_of(resp: hyper::Response<hyper::body::Incoming>) -> R<Bytes> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes())
+}
+
 fn minter(secret: &str) -> R<TokenMinter> {
     let alg = parse_algorithm("HS256").map_err(|e| e.to_string())?;
     TokenMinter::new(&AuthSettings {
@@ -401,12 +411,7 @@ impl Http {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let body = body_of(resp).await?;
         Ok((status, body))
     }
 }
@@ -567,12 +572,7 @@ async fn hammer(
                 if resp.status() != 200 {
                     return Err(format!("poll answered {}", resp.status()));
                 }
-                let b = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
+                let b = body_of(resp).await?;
                 size.store(b.len() as u64, Ordering::Relaxed);
                 count.fetch_add(1, Ordering::Relaxed);
             }
