@@ -156,10 +156,15 @@ enum Keys {
 /// A hit skips the signature check and claim parsing; `exp` is still enforced on every use.
 /// Bounded: a full shard is cleared rather than grown.
 struct VerifiedTokens {
-    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, Principal>>>,
+    shards: Vec<std::sync::Mutex<TokenMap>>,
     per_shard: usize,
     leeway: i64,
 }
+
+/// Verified tokens by their full text. Hashed with foldhash, not SipHash: a token is ~200 bytes
+/// and SipHash over it was a tenth of a status poll's own work. Only tokens whose signature
+/// verified are ever stored, so nobody can fill a bucket with chosen collisions.
+type TokenMap = std::collections::HashMap<Box<str>, Principal, foldhash::fast::RandomState>;
 
 impl VerifiedTokens {
     const SHARDS: usize = 16;
@@ -172,10 +177,7 @@ impl VerifiedTokens {
         }
     }
 
-    fn shard(
-        &self,
-        token: &str,
-    ) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, Principal>> {
+    fn shard(&self, token: &str) -> &std::sync::Mutex<TokenMap> {
         // The signature tail of a JWT is uniformly distributed: a cheap, good shard key.
         let b = token.as_bytes();
         let i = b.last().copied().unwrap_or(0) as usize ^ (b.len() << 3);
@@ -313,7 +315,9 @@ impl Authenticator {
         if !matches!(first, Err(AuthError::UnknownKey)) {
             return first;
         }
-        let again = if set.refresh_for_unknown_kid(token).await {
+        // Boxed: the fetch's state stays out of every request's future (hyper moves that
+        // future into place per request; this path runs only for a key not yet seen).
+        let again = if Box::pin(set.refresh_for_unknown_kid(token)).await {
             self.verify(token)
         } else {
             first

@@ -11,7 +11,9 @@ use crate::store::heads::Rendered;
 use crate::store::{ActRequest, Acted, PlaceRequest, Placed, StoreError};
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION};
+use hyper::header::{
+    HeaderMap, HeaderValue, CACHE_CONTROL, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION,
+};
 use hyper::{Request, StatusCode};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -69,10 +71,8 @@ fn with_etag(resp: Resp, order: &Order) -> Resp {
 
 fn with_tag(mut resp: Resp, etag: HeaderValue) -> Resp {
     resp.headers_mut().insert(ETAG, etag);
-    resp.headers_mut().insert(
-        "cache-control",
-        HeaderValue::from_static(PRIVATE_REVALIDATE),
-    );
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE_REVALIDATE));
     resp
 }
 
@@ -238,7 +238,7 @@ fn status_filter<'q>(
 fn private_json(body: Bytes) -> Resp {
     let mut resp = json_response(StatusCode::OK, body);
     resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static(PRIVATE_NO_STORE));
+        .insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE_NO_STORE));
     resp
 }
 

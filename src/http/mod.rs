@@ -26,9 +26,12 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use problem::Problem;
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -191,9 +194,38 @@ pub(crate) async fn principal(
     req: &Request<Incoming>,
     from: Credentials,
 ) -> Result<Principal, Problem> {
-    // Borrowed from the header (no copy per request); the query parameter is decoded, so owned.
-    let header = req.headers().get(hyper::header::AUTHORIZATION);
-    let token: Result<Cow<'_, str>, AuthError> = match header {
+    if let Some(known) = principal_now(app, req, from) {
+        return known;
+    }
+    // A token naming a key the set does not hold yet: fetch the set (rate-limited) and retry.
+    let verified = match token_of(req, from) {
+        Ok(t) => app.auth.authenticate(&t).await,
+        Err(e) => Err(e),
+    };
+    verified.map_err(refused)
+}
+
+/// [`principal`] without awaiting: `None` only when the token names a key the identity
+/// provider's set does not hold yet, which takes a fetch.
+fn principal_now(
+    app: &App,
+    req: &Request<Incoming>,
+    from: Credentials,
+) -> Option<Result<Principal, Problem>> {
+    let verified = match token_of(req, from) {
+        Ok(t) => app.auth.verify(&t),
+        Err(e) => Err(e),
+    };
+    match verified {
+        Err(AuthError::UnknownKey) => None,
+        v => Some(v.map_err(refused)),
+    }
+}
+
+/// The request's raw token: borrowed from the header (no copy per request), or decoded from
+/// the query where `from` allows it.
+fn token_of(req: &Request<Incoming>, from: Credentials) -> Result<Cow<'_, str>, AuthError> {
+    match req.headers().get(hyper::header::AUTHORIZATION) {
         Some(h) => std::str::from_utf8(h.as_bytes())
             .ok()
             .and_then(bearer_token)
@@ -207,15 +239,12 @@ pub(crate) async fn principal(
             }
             Credentials::HeaderOnly => Err(AuthError::Missing),
         },
-    };
-    let verified = match token {
-        Ok(t) => app.auth.authenticate(&t).await,
-        Err(e) => Err(e),
-    };
-    verified.map_err(|e| {
-        tracing::debug!(reason = %e, "token refused");
-        Problem::unauthorized()
-    })
+    }
+}
+
+fn refused(e: AuthError) -> Problem {
+    tracing::debug!(reason = %e, "token refused");
+    Problem::unauthorized()
 }
 
 pub(crate) fn method_not_allowed(allow: &'static str) -> Problem {
@@ -228,32 +257,148 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Problem {
 }
 
 /// Entry point for every request: routes, answers, records metrics, all inside a span.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+/// What hyper awaits for one request: the answer itself when it was made in place (the read
+/// routes, once the token verified without a key fetch), or a boxed future for the routes that
+/// wait (writes, hubs, admin, a key fetch). hyper moves this value into place for every
+/// request, so it is kept to an answer or a pointer: the futures it replaced weighed 2–6 KiB
+/// and their copies were the largest single cost of a status poll.
+pub enum Answer {
+    Now(Option<Resp>),
+    Later(Pin<Box<dyn Future<Output = Resp> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Resp;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resp> {
+        match self.get_mut() {
+            Answer::Now(r) => match r.take() {
+                Some(r) => Poll::Ready(r),
+                // Polled again after it answered: never by hyper.
+                None => Poll::Pending,
+            },
+            Answer::Later(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let trace = TraceId::new();
-    let trace_id = trace.as_str();
     let started = Instant::now();
     // The query string is never logged: browsers put hub tokens there.
-    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), trace_id = %trace_id, peer = %peer);
-    let (route, result) = route(&app, req, peer).instrument(span.clone()).await;
+    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), trace_id = %trace.as_str(), peer = %peer);
+    let req = {
+        let _in = span.enter();
+        match read_now(app, req) {
+            Ok((route, result)) => {
+                return Answer::Now(Some(finish(app, &trace, started, route, result)));
+            }
+            Err(req) => req,
+        }
+    };
+    let app = app.clone();
+    Answer::Later(Box::pin(async move {
+        let (route, result) = route(&app, req, peer).instrument(span.clone()).await;
+        span.in_scope(|| finish(&app, &trace, started, route, result))
+    }))
+}
+
+/// Named once: inserting by a string parses and checks the name on every request.
+const X_TRACE_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-trace-id");
+
+/// The problem as a response, the trace id header, the request metric and the debug line.
+fn finish(
+    app: &App,
+    trace: &TraceId,
+    started: Instant,
+    route: &'static str,
+    result: Result<Resp, Problem>,
+) -> Resp {
     let mut resp = match result {
         Ok(r) => r,
-        Err(p) => p.into_response(trace_id),
+        Err(p) => p.into_response(trace.as_str()),
     };
     if let Ok(v) = HeaderValue::from_bytes(&trace.0) {
-        resp.headers_mut().insert("x-trace-id", v);
+        resp.headers_mut().insert(X_TRACE_ID, v);
     }
     let elapsed = started.elapsed().as_secs_f64();
     app.metrics
         .observe_request(route, resp.status().as_u16(), elapsed);
-    span.in_scope(|| {
-        tracing::debug!(
-            route,
-            status = resp.status().as_u16(),
-            micros = (elapsed * 1e6) as u64,
-            "answered"
-        )
-    });
+    tracing::debug!(
+        route,
+        status = resp.status().as_u16(),
+        micros = (elapsed * 1e6) as u64,
+        "answered"
+    );
     resp
+}
+
+/// The read routes every client polls, answered in place: `Err` hands the request back to
+/// [`route`] (another route or method, or a token whose key needs fetching).
+#[allow(clippy::result_large_err)]
+fn read_now(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<(&'static str, Result<Resp, Problem>), Request<Incoming>> {
+    if req.method() != Method::GET {
+        return Err(req);
+    }
+    let mut short = [""; 8];
+    let found = segments(req.uri().path(), &mut short).and_then(Read::parse);
+    let Some((name, read)) = found else {
+        return Err(req);
+    };
+    let Some(p) = principal_now(app, &req, Credentials::HeaderOnly) else {
+        return Err(req);
+    };
+    let result = p.and_then(|p| read.answer(app, &p, &req));
+    Ok((name, result))
+}
+
+/// The path's segments (after the leading `/`) in `short`, when there are at most 8 of them:
+/// every route has at most 8, so a longer path is only ever a 404 or an admin or hub path.
+fn segments<'a>(path: &'a str, short: &'a mut [&'a str; 8]) -> Option<&'a [&'a str]> {
+    let path = path.trim_start_matches('/');
+    // A byte scan: `/` is ASCII, so every cut falls on a character boundary.
+    let (mut n, mut start) = (0, 0);
+    for (i, b) in path.bytes().enumerate() {
+        if b == b'/' {
+            *short.get_mut(n)? = path.get(start..i)?;
+            n += 1;
+            start = i + 1;
+        }
+    }
+    *short.get_mut(n)? = path.get(start..)?;
+    short.get(..=n)
+}
+
+/// A read route (GET only), with the id it names.
+enum Read<'a> {
+    History,
+    Board(&'a str),
+    Details(&'a str),
+    Status(&'a str),
+}
+
+impl<'a> Read<'a> {
+    fn parse(segs: &[&'a str]) -> Option<(&'static str, Read<'a>)> {
+        Some(match *segs {
+            ["api", "v1", "orders", "my"] => ("order_history", Read::History),
+            ["api", "v1", "restaurants", id, "orders"] => ("restaurant_orders", Read::Board(id)),
+            ["api", "v1", "orders", id] => ("order_details", Read::Details(id)),
+            ["api", "v1", "orders", id, "status"] => ("order_status", Read::Status(id)),
+            _ => return None,
+        })
+    }
+
+    fn answer(self, app: &App, p: &Principal, req: &Request<Incoming>) -> Result<Resp, Problem> {
+        let query = req.uri().query();
+        match self {
+            Read::History => handlers::get_history(app, p, query),
+            Read::Board(id) => handlers::get_board(app, p, id, query),
+            Read::Details(id) => handlers::get_details(app, p, req.headers(), id),
+            Read::Status(id) => handlers::get_status(app, p, req.headers(), id),
+        }
+    }
 }
 
 async fn route(
@@ -263,22 +408,24 @@ async fn route(
 ) -> (&'static str, Result<Resp, Problem>) {
     // A clone of the URI shares its bytes: the path stays borrowable while `req` moves on.
     let uri = req.uri().clone();
-    let path = uri.path().trim_start_matches('/');
-    // Every route has at most 8 segments, so they are split onto the stack; a longer path is
-    // only ever a 404 or an admin/hub path, split onto the heap.
     let mut short = [""; 8];
     let long: Vec<&str>;
-    let segs: &[&str] = if path.split('/').count() <= short.len() {
-        let mut n = 0;
-        for (slot, seg) in short.iter_mut().zip(path.split('/')) {
-            *slot = seg;
-            n += 1;
+    let segs: &[&str] = match segments(uri.path(), &mut short) {
+        Some(segs) => segs,
+        None => {
+            long = uri.path().trim_start_matches('/').split('/').collect();
+            &long
         }
-        &short[..n]
-    } else {
-        long = path.split('/').collect();
-        &long
     };
+    if let Some((name, read)) = Read::parse(segs) {
+        if req.method() != Method::GET {
+            return (name, Err(method_not_allowed("GET")));
+        }
+        let r = principal(app, &req, Credentials::HeaderOnly)
+            .await
+            .and_then(|p| read.answer(app, &p, &req));
+        return (name, r);
+    }
     let m = req.method().clone();
     match segs {
         ["healthz"] | ["readyz"] => {
@@ -338,42 +485,6 @@ async fn route(
                 Err(e) => Err(e),
             };
             ("place_order", r)
-        }
-        ["api", "v1", "orders", "my"] => {
-            if m != Method::GET {
-                return ("order_history", Err(method_not_allowed("GET")));
-            }
-            let r = principal(app, &req, Credentials::HeaderOnly)
-                .await
-                .and_then(|p| handlers::get_history(app, &p, req.uri().query()));
-            ("order_history", r)
-        }
-        ["api", "v1", "restaurants", id, "orders"] => {
-            if m != Method::GET {
-                return ("restaurant_orders", Err(method_not_allowed("GET")));
-            }
-            let r = principal(app, &req, Credentials::HeaderOnly)
-                .await
-                .and_then(|p| handlers::get_board(app, &p, id, req.uri().query()));
-            ("restaurant_orders", r)
-        }
-        ["api", "v1", "orders", id] => {
-            if m != Method::GET {
-                return ("order_details", Err(method_not_allowed("GET")));
-            }
-            let r = principal(app, &req, Credentials::HeaderOnly)
-                .await
-                .and_then(|p| handlers::get_details(app, &p, req.headers(), id));
-            ("order_details", r)
-        }
-        ["api", "v1", "orders", id, "status"] => {
-            if m != Method::GET {
-                return ("order_status", Err(method_not_allowed("GET")));
-            }
-            let r = principal(app, &req, Credentials::HeaderOnly)
-                .await
-                .and_then(|p| handlers::get_status(app, &p, req.headers(), id));
-            ("order_status", r)
         }
         ["api", "v1", "orders", id, action] if handlers::parse_action(action).is_some() => {
             if m != Method::POST {

@@ -250,12 +250,12 @@ async fn serve_io<I>(
 {
     let for_requests = held.clone();
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let app = app.clone();
         if req.uri().path().starts_with("/hubs/") {
             req.extensions_mut().insert(for_requests.clone());
         }
+        let answer = super::handle(&app, req, peer);
         async move {
-            let resp = super::handle(app, req, peer).await;
+            let resp = answer.await;
             Ok::<_, std::convert::Infallible>(super::transports::attach(resp))
         }
     });
