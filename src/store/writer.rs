@@ -527,7 +527,7 @@ impl Writer {
     ///
     /// Durable means one of two things. Usually the batch's writes are appended to the commit
     /// log and synced there, then committed to redb without a sync. When the log asks for a
-    /// checkpoint (half full, five seconds old, or after a failure), the batch is instead committed
+    /// checkpoint (1 MiB logged, half full, five seconds old, or after a failure), the batch is instead committed
     /// durably to redb itself, which also makes every earlier unsynced commit durable, and the
     /// log starts over.
     fn apply(&mut self, batch: &mut [Command]) -> Result<Durable, StoreError> {
