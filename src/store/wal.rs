@@ -611,6 +611,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_ends_after_checkpoint_bytes_even_in_a_large_log() {
+        let (_d, mut log) = tmp_log(64 << 20);
+        let chunk = vec![1u8; 64 << 10];
+        let mut appended = 0;
+        while !log.wants_checkpoint(chunk.len()) {
+            log.append(&chunk).unwrap();
+            appended += 1;
+        }
+        // Far under half of the 64 MiB: the byte cap asked for the checkpoint.
+        assert!(log.offset <= CHECKPOINT_BYTES, "{appended} records");
+        assert!(log.offset + (HEADER + chunk.len()) as u64 > CHECKPOINT_BYTES);
+        log.checkpointed(log.last_seq());
+        assert!(!log.wants_checkpoint(chunk.len()));
+    }
+
+    #[test]
     fn records_of_another_database_are_ignored() {
         let (_d, mut log) = tmp_log(1 << 16);
         log.append(b"mine").unwrap();
