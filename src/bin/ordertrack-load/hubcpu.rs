@@ -286,8 +286,17 @@ pub async fn run(cli: &Cli, plan: Plan) -> R<String> {
     .await?;
     let listeners = Listeners::new();
     let restaurant = cast.restaurant.to_string();
-    let socks = open_many(n, |_| {
-        let (addr, token, r) = (cli.addr, cast.staff.clone(), restaurant.clone());
+    // Each subscriber is its own staff member, so no per-user hub cap is in the way.
+    let permission = [format!("RestaurantStaff:{restaurant}")];
+    let tokens: Vec<String> = (0..n)
+        .map(|_| {
+            cast.minter
+                .mint(Uuid::new_v4(), &[], &permission, 3600)
+                .map_err(|e| e.to_string())
+        })
+        .collect::<R<_>>()?;
+    let socks = open_many(n, |i| {
+        let (addr, token, r) = (cli.addr, tokens[i].clone(), restaurant.clone());
         async move {
             let mut ws = ws_open(addr, "/hubs/restaurant-orders", &token).await?;
             handshake_and_subscribe(&mut ws, "SubscribeToRestaurant", &r).await?;
