@@ -17,10 +17,10 @@ if [ "$SIZE" = tls ]; then
 fi
 if [ "$SIZE" = tiny ]; then
   CONNS=200; RATE=200; CHANGES=400; POLL_S=2; WRITES=800; STORM=200; SEED=5000
-  CPU_S=1; CPU_ROUNDS=1
+  CPU_S=1; CPU_ROUNDS=1; FAN_SUBS=100; FAN_CHANGES=10; E2E_CONNS=200; E2E_RATE=200; E2E_CHANGES=400
 else
   CONNS=19000; RATE=2000; CHANGES=40000; POLL_S=10; WRITES=24000; STORM=19000; SEED=1000000
-  CPU_S=3; CPU_ROUNDS=3
+  CPU_S=3; CPU_ROUNDS=3; FAN_SUBS=2000; FAN_CHANGES=20; E2E_CONNS=10000; E2E_RATE=1000; E2E_CHANGES=20000
 fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$SIZE" = tiny ]; then
@@ -117,6 +117,16 @@ start_server "$WORK/data2"
 command -v wrk >/dev/null || { echo "wrk is missing: run scripts/install-test-deps.sh"; exit 1; }
 run "cpu: server CPU per operation vs a bare hyper server, same run (wrk)" --server-pid "$SERVER_PID" \
   cpu --connections 32 --seconds $CPU_S --rounds $CPU_ROUNDS | tee "$WORK/cpu.md"
+# The hub rows, measured the same way: a connect (negotiate + WebSocket + handshake + subscribe
+# + close) and an event delivered to each of many subscribers, against a bare hyper +
+# tokio-tungstenite server doing the same round trips / sending the same frames.
+run "hubcpu: server CPU per hub operation vs a bare WebSocket server, same run" --server-pid "$SERVER_PID" \
+  hub-cpu --connectors 16 --seconds $CPU_S --rounds $CPU_ROUNDS --subscribers $FAN_SUBS --changes $FAN_CHANGES \
+  | tee "$WORK/hubcpu.md"
+# One status change end to end (HTTP write → commit → event to its one subscriber): server CPU
+# per change at the issue's rate and size.
+run "e2e: $E2E_CONNS subscribers, $E2E_RATE status changes/s, server CPU per change" --server-pid "$SERVER_PID" \
+  fanout --connections $E2E_CONNS --rate $E2E_RATE --changes $E2E_CHANGES --sources 8 | tee "$WORK/e2e.md"
 run "poll: GET /status vs a bare hyper server, same run (throughput, tokio client)" poll --connections 32 --seconds $POLL_S \
   | tee "$WORK/poll.md"
 # The write baseline: a second server committing every request alone (no group commit, no
@@ -164,6 +174,10 @@ echo "| peer (socket.io 4.8), same fanout | $(row "$WORK/fanout-socketio.md" "se
 # The CPU ratio column (median of the rounds) of each path in the cpu table.
 cpu_ratio() { awk -F' [|] ' -v k="$1" 'index($1, "| " k) == 1 {print $5; exit}' "$WORK/cpu.md" | tr -d '*'; }
 echo "| server CPU per request vs bare hyper: status 200 / 304 / details / history page 1 | $(cpu_ratio "GET /status, 200") / $(cpu_ratio "GET /status, 304") / $(cpu_ratio "GET /orders/{id}") / $(cpu_ratio "GET /orders/my") | ≤ 1.3× / 1.2× / 1.6× / 2.0× |"
+# Median µs per operation (ordertrack / bare) and the ratio of a row of the hub table.
+hub_row() { awk -F' [|] ' -v k="$1" 'index($1, "| " k) == 1 {print $2 " / " $3 " µs, " $4; exit}' "$WORK/hubcpu.md" | tr -d '*'; }
+echo "| server CPU vs a bare WebSocket server: hub connect / delivered event ($FAN_SUBS subscribers) | $(hub_row "hub connect") / $(hub_row "delivered event") | stated |"
+echo "| one status change end to end, $E2E_CONNS subscribers, $E2E_RATE changes/s: server CPU per change | $(row "$WORK/e2e.md" "server CPU per delivered event") | ≤ 250 µs |"
 echo "| poll: GET /status, 32 connections (throughput; the tokio client is the limit) | $(row "$WORK/poll.md" "ratio") ($(row "$WORK/poll.md" "ordertrack GET /status (JWT + redb read + JSON)") vs $(row "$WORK/poll.md" "bare hyper, same body, same run")) | ≥ 0.8 × bare hyper |"
 echo "| write: 64 writers, durable transitions | $W; one commit per request $WB: $WR | ≥ 10,000/s, ≥ 20×, p99 ≤ 20 ms |"
 echo "| storm: $STORM clients | $(row "$WORK/storm.md" "storm: all reconnect + resubscribe at once") | 19,000 in ≤ 10 s |"

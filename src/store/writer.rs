@@ -430,6 +430,14 @@ fn bump(
     Ok(())
 }
 
+/// A version-7 event id from the writer's clock and the thread's userspace CSPRNG. `Uuid::now_v7`
+/// asked the kernel for its random bits (one `getrandom` syscall per event, the most frequent
+/// syscall of a commit); event ids only need to be unique (`sequence` orders events).
+fn event_id(at: Timestamp) -> Uuid {
+    let millis = u64::try_from(at.millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid()
+}
+
 struct Writer {
     store: Store,
     max_batch: usize,
@@ -527,7 +535,7 @@ impl Writer {
     ///
     /// Durable means one of two things. Usually the batch's writes are appended to the commit
     /// log and synced there, then committed to redb without a sync. When the log asks for a
-    /// checkpoint (half full, five seconds old, or after a failure), the batch is instead committed
+    /// checkpoint (1 MiB logged, half full, five seconds old, or after a failure), the batch is instead committed
     /// durably to redb itself, which also makes every earlier unsynced commit durable, and the
     /// log starts over.
     fn apply(&mut self, batch: &mut [Command]) -> Result<Durable, StoreError> {
@@ -639,7 +647,11 @@ impl Writer {
             customer_id: order.customer_id,
             dto: OrderStatusBroadcast {
                 sequence: Some(*seq),
-                ..OrderStatusBroadcast::of(order, order.updated_at, Some(Uuid::now_v7()))
+                ..OrderStatusBroadcast::of(
+                    order,
+                    order.updated_at,
+                    Some(event_id(order.updated_at)),
+                )
             },
         };
         let bytes = encode(&event)?;

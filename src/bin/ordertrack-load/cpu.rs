@@ -47,22 +47,22 @@ struct Target {
 
 /// One wrk window against one server.
 #[derive(Clone, Copy, Default)]
-struct Window {
-    ops: u64,
-    secs: f64,
-    server_cpu: f64,
-    client_cpu: f64,
-    p99_ms: f64,
+pub(super) struct Window {
+    pub(super) ops: u64,
+    pub(super) secs: f64,
+    pub(super) server_cpu: f64,
+    pub(super) client_cpu: f64,
+    pub(super) p99_ms: f64,
 }
 
 impl Window {
-    fn us_per_op(&self) -> f64 {
+    pub(super) fn us_per_op(&self) -> f64 {
         self.server_cpu * 1e6 / self.ops.max(1) as f64
     }
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }
-    fn client_share(&self) -> f64 {
+    pub(super) fn client_share(&self) -> f64 {
         self.client_cpu / self.secs.max(1e-9)
     }
 }
@@ -79,7 +79,7 @@ fn ticks_per_sec() -> f64 {
 
 /// Fields 14+15 (utime, stime) of `/proc/PID/stat`, or 16+17 (cutime, cstime) with `children`,
 /// in seconds.
-fn cpu_seconds(pid: &str, children: bool) -> R<f64> {
+pub(super) fn cpu_seconds(pid: &str, children: bool) -> R<f64> {
     let text =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("{pid}: {e}"))?;
     // The command name may hold spaces: count fields after its closing parenthesis.
@@ -180,10 +180,10 @@ fn window(
     })
 }
 
-/// The bare hyper server for one target, in its own process.
-struct Bare {
-    child: Child,
-    addr: SocketAddr,
+/// A baseline server: this binary re-run as a hidden subcommand, in its own process.
+pub(super) struct Bare {
+    pub(super) child: Child,
+    pub(super) addr: SocketAddr,
 }
 
 impl Drop for Bare {
@@ -193,30 +193,42 @@ impl Drop for Bare {
     }
 }
 
-async fn start_bare(status: u16, size: usize) -> R<Bare> {
-    let port = super::free_port()?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = Command::new(exe)
-        .args(["bare-server", "--port", &port.to_string()])
-        .args([
-            "--body-size",
-            &size.to_string(),
-            "--status",
-            &status.to_string(),
-        ])
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let bare = Bare {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    for _ in 0..100 {
-        if TcpStream::connect(bare.addr).await.is_ok() {
-            return Ok(bare);
+impl Bare {
+    /// Starts `subcommand` with `args` and `--port`, and waits until it accepts connections.
+    pub(super) async fn start(subcommand: &str, args: &[String]) -> R<Bare> {
+        let port = super::free_port()?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .args([subcommand, "--port", &port.to_string()])
+            .args(args)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let bare = Bare {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        for _ in 0..100 {
+            if TcpStream::connect(bare.addr).await.is_ok() {
+                return Ok(bare);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(format!("{subcommand} did not start"))
     }
-    Err("bare server did not start".into())
+
+    pub(super) fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+async fn start_bare(status: u16, size: usize) -> R<Bare> {
+    let args = [
+        "--body-size".to_string(),
+        size.to_string(),
+        "--status".into(),
+        status.to_string(),
+    ];
+    Bare::start("bare-server", &args).await
 }
 
 /// Sends one request as wrk would and returns (status, body length, etag).
@@ -247,7 +259,27 @@ async fn probe(addr: SocketAddr, t: &Target) -> R<(u16, usize, Option<String>)> 
     Ok((status, body.len(), etag))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The cells both CPU tables share: the median µs per operation of each side and the median of
+/// the per-round ratios (a round under one clock tick of CPU on either side gives no ratio).
+pub(super) fn cpu_cells(ot: &[Window], base: &[Window]) -> String {
+    let ratios: Vec<f64> = ot
+        .iter()
+        .zip(base)
+        .filter(|(a, b)| a.server_cpu > 0.0 && b.server_cpu > 0.0)
+        .map(|(a, b)| a.us_per_op() / b.us_per_op())
+        .collect();
+    let med = |v: &[Window]| median(v.iter().map(Window::us_per_op).collect());
+    let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!(
+        "{:.2} | {:.2} | **{:.2}×** ({})",
+        med(ot),
+        med(base),
+        median(ratios),
+        list.join(", ")
+    )
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     super::percentile(&v, 0.5)
 }
@@ -369,27 +401,14 @@ pub async fn run(cli: &Cli, plan: Plan) -> R<String> {
         let mut base = Vec::new();
         for _ in 0..rounds {
             ot.push(window(&plan, &t, cli.addr, &pid, conns, &script)?);
-            let bpid = bare.child.id().to_string();
-            base.push(window(&plan, &t, bare.addr, &bpid, conns, &script)?);
+            base.push(window(&plan, &t, bare.addr, &bare.pid(), conns, &script)?);
         }
-        let ratios: Vec<f64> = ot
-            .iter()
-            .zip(&base)
-            .map(|(a, b)| a.us_per_op() / b.us_per_op().max(1e-9))
-            .collect();
         let med = |v: &[Window], f: fn(&Window) -> f64| median(v.iter().map(f).collect());
         out.push_str(&format!(
-            "| {} ({} B) | {conns} | {:.2} | {:.2} | **{:.2}×** ({}) | {:.0} | {:.0} | {:.2} / {:.2} ms | {:.0} % / {:.0} % |\n",
+            "| {} ({} B) | {conns} | {} | {:.0} | {:.0} | {:.2} / {:.2} ms | {:.0} % / {:.0} % |\n",
             t.label,
             t.size,
-            med(&ot, Window::us_per_op),
-            med(&base, Window::us_per_op),
-            median(ratios.clone()),
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            cpu_cells(&ot, &base),
             med(&ot, Window::rate),
             med(&base, Window::rate),
             med(&ot, |w| w.p99_ms),

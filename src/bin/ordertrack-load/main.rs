@@ -33,6 +33,7 @@ mod cpu;
 mod fanout;
 mod halfs;
 mod hold;
+mod hubcpu;
 mod socketio;
 mod write;
 
@@ -168,6 +169,33 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         writers: usize,
     },
+    /// Server CPU per hub connect and per delivered event of a fan-out, against a bare
+    /// hyper + tokio-tungstenite server in alternating rounds of the same run (needs --server-pid).
+    HubCpu {
+        /// Concurrent connect loops (each its own customer).
+        #[arg(long, default_value_t = 16)]
+        connectors: usize,
+        /// Seconds per connect window.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Restaurant-hub subscribers each change fans out to.
+        #[arg(long, default_value_t = 2000)]
+        subscribers: usize,
+        /// Status changes per fan-out round.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
+    /// (internal) a bare hyper + tokio-tungstenite server: answers POSTs with N bytes of JSON,
+    /// echoes WebSocket messages, and fans `fire SIZE` out from a `/fire` socket to the others.
+    #[command(hide = true)]
+    BareWsServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        body_size: usize,
+    },
     /// Concurrent writers advancing orders through their life.
     Write {
         #[arg(long, default_value_t = 64)]
@@ -276,6 +304,25 @@ fn main() {
                     writers: *writers,
                 };
                 cpu::run(&cli, plan).await
+            }
+            Scenario::HubCpu {
+                connectors,
+                seconds,
+                rounds,
+                subscribers,
+                changes,
+            } => {
+                let plan = hubcpu::Plan {
+                    connectors: *connectors,
+                    seconds: *seconds,
+                    rounds: *rounds,
+                    subscribers: *subscribers,
+                    changes: *changes,
+                };
+                hubcpu::run(&cli, plan).await
+            }
+            Scenario::BareWsServer { port, body_size } => {
+                hubcpu::bare_ws_server(*port, *body_size).await
             }
             Scenario::Seed { data_dir, orders } => seed(data_dir, *orders).await,
             Scenario::Hold {
