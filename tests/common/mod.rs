@@ -577,3 +577,4 @@ pub fn token_command(args: &[&str]) -> std::process::Output {
 }
 
 pub mod hub;
+pub mod nats;
