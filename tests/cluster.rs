@@ -307,3 +307,153 @@ fn a_restarted_replica_resumes_where_it_was() {
     assert_eq!(place_via(&b, &cast, None).0, 201);
     assert_eq!(history_count(&b, &cast), Some(6));
 }
+
+#[test]
+fn off_by_default_and_settings_checked_at_start() {
+    // Without --nats: /readyz is JSON with role "single", and nothing about NATS starts.
+    let single = Server::start();
+    let (code, v) = common::cluster::readyz(&single).expect("readyz");
+    assert_eq!(code, 200);
+    assert_eq!(
+        v,
+        serde_json::json!({"status": "ready", "role": "single", "appliedSeq": 0,
+                           "lagRecords": 0, "primary": null})
+    );
+    assert_eq!(
+        labelled_metric(&single, "ordertrack_cluster_role{role=\"single\"}"),
+        1.0
+    );
+    assert!(!single.log_text().contains("NATS"), "{}", single.log_text());
+
+    // Half a cluster configuration, a bad name or URL: one line at start, no credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--nats", "nats://127.0.0.1:4222"],
+            "--nats and --cluster go together",
+        ),
+        (&["--cluster", "eu"], "--nats and --cluster go together"),
+        (
+            &["--nats", "nats://u:hunter2@h:1", "--cluster", "eu.west"],
+            "bad --cluster",
+        ),
+        (
+            &["--nats", "http://u:hunter2@h:1", "--cluster", "eu"],
+            "bad --nats",
+        ),
+        (
+            &[
+                "--nats",
+                "h:1",
+                "--cluster",
+                "eu",
+                "--cluster-lease-ttl",
+                "10ms",
+            ],
+            "bad --cluster-lease-ttl",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = std::process::Command::new(common::bin())
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+/// A `nats-server -js` whose max payload is `max_payload` bytes (a configuration file: the
+/// command line has no flag for it); killed on drop.
+struct SmallNats {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallNats {
+    fn start(max_payload: usize) -> SmallNats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let conf = dir.path().join("nats.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nmax_payload: {max_payload}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(common::nats::server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = wait_for(REPLICATION_WAIT, || {
+            common::nats::request(port, "$JS.API.INFO", "", std::time::Duration::from_secs(1))
+                .is_ok_and(|r| !r.contains("\"error\""))
+        });
+        assert!(
+            ready,
+            "nats-server with max_payload {max_payload} did not start"
+        );
+        SmallNats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SmallNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A group commit whose record would exceed NATS' max payload is committed as smaller batches
+/// (each appended on its own): every write is acknowledged and replicated.
+#[test]
+fn batches_larger_than_the_max_payload_are_split() {
+    let nats = SmallNats::start(8 * 1024);
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let name = cluster_name("s");
+    let a = node(&url, &name, 1, &[]);
+    assert!(wait_for(FAILOVER_WAIT, || role(&a).as_deref() == Some("primary")));
+    let b = node(&url, &name, 1, &[]);
+    let cast = Cast::new();
+    let note = "n".repeat(400);
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|t| {
+                let (a, cast, note) = (&a, &cast, &note);
+                s.spawn(move || {
+                    (0..6)
+                        .map(|i| {
+                            let mut body = cast.order_body("CashOnDelivery");
+                            body["note"] = note.as_str().into();
+                            place_body(a, cast, &body, Some(&format!("split-{t}-{i}"))).0
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        calls.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 201), "{codes:?}");
+    converged(&[&a, &b], REPLICATION_WAIT);
+    assert_eq!(history_count(&b, &cast), Some(48));
+    assert_eq!(role(&a).as_deref(), Some("primary"), "never stepped down");
+}
