@@ -19,7 +19,7 @@ use common::cluster::{
 };
 use common::hub::{blocking, JsonHub, QUIET};
 use common::nats::{send_signal, NatsCluster};
-use common::{act, eta, get_json, post_json, Cast, Server};
+use common::{act, client, eta, get_json, post_json, Cast, Server};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -94,6 +94,21 @@ fn one_primary_and_writes_through_a_replica_reach_every_node() {
             n.base
         );
     }
+
+    // Refusals come back as the primary gives them: a wrong content type, a missing token.
+    let r = common::post_raw(
+        &nodes[replicas[0]],
+        &cast.service_token,
+        "/api/v1/orders",
+        Some("text/plain"),
+        b"{}".to_vec(),
+        &[],
+    );
+    assert_eq!(r.status, 415, "{r:?}");
+    let r =
+        common::send(client().post(nodes[replicas[1]].url(&format!("/api/v1/orders/{id}/cancel"))));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").is_some(), "{r:?}");
 
     // A restaurant action through the other replica: the new version reaches every node.
     let (code, v) = act(
