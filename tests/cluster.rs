@@ -315,12 +315,22 @@ fn a_restarted_replica_resumes_where_it_was() {
         b.log_text()
     );
 
+    // A new, empty node catches up from the log alone.
+    let c = node(&nats.urls(), &name, 1, &[]);
+    assert_eq!(converged(&[&a, &c], REPLICATION_WAIT), 5);
+    assert_eq!(history_count(&c, &cast), Some(5));
+    assert_eq!(labelled_metric(&c, "ordertrack_cluster_applied_total"), 5.0);
+
     // A clean stop of the primary hands over at once (the lease is given back).
     let mut a = a;
     a.terminate();
-    assert!(wait_for(FAILOVER_WAIT, || role(&b).as_deref() == Some("primary")));
+    assert!(wait_for(FAILOVER_WAIT, || role(&b).as_deref()
+        == Some("primary")
+        || role(&c).as_deref() == Some("primary")));
     assert_eq!(place_via(&b, &cast, None).0, 201);
+    converged(&[&b, &c], REPLICATION_WAIT);
     assert_eq!(history_count(&b, &cast), Some(6));
+    assert_eq!(history_count(&c, &cast), Some(6));
 }
 
 #[test]

@@ -139,8 +139,10 @@ pub struct Cluster {
     rt: tokio::runtime::Handle,
     /// The largest record NATS takes (its max payload less room for headers).
     max_record: AtomicUsize,
-    /// Whether the last look at the log and the lease (every third of the TTL) worked: a
-    /// replica that cannot reach NATS is not ready (it cannot know how far behind it is).
+    /// Whether the last look at the log and the lease (every third of the TTL) worked and the
+    /// log is at least as long as this database: a replica that cannot reach NATS cannot know
+    /// how far behind it is, and one ahead of the log (the stream was replaced) follows
+    /// nothing; neither is ready.
     reachable: AtomicBool,
 }
 
