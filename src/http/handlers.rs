@@ -26,6 +26,7 @@ fn store_problem(e: StoreError) -> Problem {
             Problem::unavailable()
         }
         StoreError::Corrupt(_) => Problem::internal(),
+        StoreError::Cluster(_) => Problem::not_primary(),
     }
 }
 
