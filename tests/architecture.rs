@@ -42,7 +42,11 @@ const NEVER: &[(&str, &str, &str)] = &[
         "the hub is no HTTP server: http/ upgrades and hands it a stream",
     ),
     ("store", "crate::auth", "the store never imports auth"),
-    ("store", "async_nats", "the store knows the cluster's log only as a Replicator"),
+    (
+        "store",
+        "async_nats",
+        "the store knows the cluster's log only as a Replicator",
+    ),
     ("hub", "async_nats", "NATS is the cluster module's"),
     ("http", "async_nats", "NATS is the cluster module's"),
     ("domain", "std::fs", "domain has no I/O"),
