@@ -19,7 +19,7 @@ mod task;
 
 use crate::metrics::{ClusterGauges, Metrics};
 use crate::store::{ReplicateError, Replicator, Store, WriterHandle};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -137,7 +137,18 @@ pub struct Cluster {
     js: Mutex<Option<async_nats::jetstream::Context>>,
     /// The runtime the writer thread blocks on for an append.
     rt: tokio::runtime::Handle,
+    /// The largest record NATS takes (its max payload less room for headers).
+    max_record: AtomicUsize,
+    /// Whether the last look at the log and the lease (every third of the TTL) worked: a
+    /// replica that cannot reach NATS is not ready (it cannot know how far behind it is).
+    reachable: AtomicBool,
 }
+
+/// NATS' default max payload (1 MiB) less room for the headers of a publish.
+const DEFAULT_MAX_RECORD: usize = 1024 * 1024 - HEADER_ROOM;
+/// Bytes of a publish besides the record: subject, reply inbox, the expected-last-sequence
+/// header.
+const HEADER_ROOM: usize = 4096;
 
 /// What `/readyz` says in cluster mode.
 #[derive(Debug, Clone)]
@@ -178,7 +189,10 @@ impl Cluster {
         let primary = self.is_primary();
         let lag = g.lag_records.load(Relaxed);
         Readiness {
-            ready: primary || (self.caught_up.load(Relaxed) && lag <= self.settings.max_lag),
+            ready: primary
+                || (self.caught_up.load(Relaxed)
+                    && self.reachable.load(Relaxed)
+                    && lag <= self.settings.max_lag),
             role: if primary { "primary" } else { "replica" },
             applied_seq: g.applied_seq.load(Relaxed),
             lag_records: if primary { 0 } else { lag },
@@ -275,6 +289,10 @@ impl Replicator for Cluster {
     fn diverged(&self) {
         self.demote("a record in the log failed to commit here");
     }
+
+    fn max_record(&self) -> usize {
+        self.max_record.load(Relaxed)
+    }
 }
 
 /// Starts cluster mode: the node begins as a replica (not ready) and the task connects,
@@ -291,6 +309,8 @@ pub fn new(settings: ClusterSettings, metrics: Arc<Metrics>) -> Arc<Cluster> {
         step_down: Notify::new(),
         js: Mutex::new(None),
         rt: tokio::runtime::Handle::current(),
+        max_record: AtomicUsize::new(DEFAULT_MAX_RECORD),
+        reachable: AtomicBool::new(false),
     })
 }
 

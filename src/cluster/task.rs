@@ -87,10 +87,14 @@ async fn connect(
             return None;
         }
     };
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     loop {
         match tokio::time::timeout(Duration::from_secs(5), setup(&js, c)).await {
             Ok(Ok(lease)) => {
+                let max = client.server_info().max_payload;
+                if max > super::HEADER_ROOM {
+                    c.max_record.store(max - super::HEADER_ROOM, Relaxed);
+                }
                 tracing::info!(stream = %s.stream(), bucket = %s.bucket(), "cluster log and lease bucket ready");
                 return Some((js, lease));
             }
@@ -234,20 +238,24 @@ async fn follow(
                     }
                 }
                 _ = tick.tick() => {
-                    match log_end(js, c).await {
-                        Ok(end) => c.advance(0, end),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot read the log's end");
+                    let looked = tokio::time::timeout(every, async {
+                        Ok::<_, String>((log_end(js, c).await?, holder(lease).await?))
+                    })
+                    .await;
+                    let (end, holder) = match looked {
+                        Ok(Ok(found)) => found,
+                        Ok(Err(e)) => {
+                            c.reachable.store(false, Relaxed);
+                            tracing::debug!(error = %e, "cannot read the log's end or the lease");
                             continue;
                         }
-                    }
-                    let holder = match holder(lease).await {
-                        Ok(h) => h,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot read the lease");
+                        Err(_) => {
+                            c.reachable.store(false, Relaxed);
                             continue;
                         }
                     };
+                    c.reachable.store(true, Relaxed);
+                    c.advance(0, end);
                     let applied = c.g().applied_seq.load(Relaxed);
                     let caught_up = applied >= c.log_end.load(Relaxed);
                     if caught_up && !c.caught_up.swap(true, Relaxed) {

@@ -136,9 +136,12 @@ fn text(b: &[u8]) -> Result<&str, StoreError> {
     std::str::from_utf8(b).map_err(|_| corrupt("key is not UTF-8"))
 }
 
+/// One put of a redo payload: table, key, value.
+pub type Put<'a> = (Tab, &'a [u8], &'a [u8]);
+
 /// The puts of a payload, in order: `(table, key, value)` (removals are skipped). A replica
 /// reads the orders and events a record of the cluster's log wrote from them.
-pub fn puts(payload: &[u8]) -> Result<Vec<(Tab, &[u8], &[u8])>, StoreError> {
+pub fn puts(payload: &[u8]) -> Result<Vec<Put<'_>>, StoreError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < payload.len() {

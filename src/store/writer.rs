@@ -42,6 +42,9 @@ pub trait Replicator: Send + Sync {
     /// The log acknowledged a record that this database then failed to commit: this node no
     /// longer follows the log and must catch up from it.
     fn diverged(&self);
+    /// The largest record the log takes (NATS' max payload): a batch whose record would be
+    /// larger is split in two and each half committed on its own.
+    fn max_record(&self) -> usize;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ enum Durable {
     Checkpoint(f64),
     /// By a durable redb commit without a commit log.
     Direct,
+    /// Not at all: the batch's record is too large for the cluster's log; split it.
+    Split,
 }
 
 #[derive(Clone, Debug)]
@@ -647,6 +652,15 @@ impl Writer {
             let started = Instant::now();
             let saved_clock = self.last_now;
             match self.apply(batch) {
+                Ok(Durable::Split) => {
+                    // Two smaller batches, one after the other: the same as if the requests
+                    // had arrived in two groups.
+                    self.events.clear();
+                    self.replicated.clear();
+                    let mut rest = batch.split_off(batch.len() / 2);
+                    self.process(batch, sink, observer);
+                    self.process(&mut rest, sink, observer);
+                }
                 Ok(how) => {
                     if let Some(o) = &observer {
                         o.batch_committed(size, started.elapsed().as_secs_f64());
@@ -725,6 +739,9 @@ impl Writer {
                     .map_err(StoreError::io);
             }
             let appended = match (&self.replicator, replicated) {
+                (Some(r), false) if batch.len() > 1 && redo.bytes().len() > r.max_record() => {
+                    return txn.abort().map(|()| Durable::Split).map_err(StoreError::io);
+                }
                 (Some(r), false) => Some(append_to_log(r.as_ref(), &txn, &mut redo)?),
                 _ => None,
             };
