@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::cluster;
 use common::hub::JsonHub;
 use common::nats::NatsCluster;
 use common::{client, eta, Cast, Server};
@@ -19,8 +20,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// Lease TTL of the trial nodes (short, so failovers are quick; renewals every TTL/3).
-const LEASE_TTL: &str = "2s";
 /// Failover bound: the lease TTL, the new primary's catch-up, and slack for 2 busy cores
 /// (docs/cluster.md).
 const FAILOVER_BOUND: Duration = Duration::from_secs(20);
@@ -41,29 +40,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 // Nodes
 // ---------------------------------------------------------------------------------------------
 
-/// An ordertrack node of cluster `name` on the NATS servers `nats` (comma separated).
-fn node(nats: &str, name: &str, replicas: u32) -> Server {
-    Server::start_with(&[
-        "--nats",
-        nats,
-        "--cluster",
-        name,
-        "--cluster-replicas",
-        &replicas.to_string(),
-        "--cluster-lease-ttl",
-        LEASE_TTL,
-    ])
+/// An ordertrack node of cluster `name` on the NATS servers `nats` (comma separated), with the
+/// tests' short lease (`common::cluster::LEASE_TTL`).
+fn node(nats: &str, name: &str, replicas: usize) -> Server {
+    cluster::node(nats, name, replicas, &[])
 }
 
 /// `/readyz` as JSON (whatever its status); `Null` when the node does not answer.
 fn readyz(s: &Server) -> Value {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .ok()
-        .and_then(|c| c.get(s.url("/readyz")).send().ok())
-        .and_then(|r| r.json().ok())
-        .unwrap_or(Value::Null)
+    cluster::readyz(s).map(|(_, v)| v).unwrap_or(Value::Null)
 }
 
 fn is_ready_as(s: &Server, role: &str) -> bool {
