@@ -62,15 +62,7 @@ fn three_node_jetstream_survives_one_node_killed() {
     assert_eq!(publish_acked(&cluster, "harness.log", "one"), 1);
 
     // Kill the node that leads the stream's replicas: the hardest one to lose.
-    let leader = stream_info(&cluster, "HARNESS")["cluster"]["leader"]
-        .as_str()
-        .unwrap_or("n0")
-        .to_string();
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|n| n.name == leader)
-        .unwrap_or(0);
+    let victim = cluster.stream_leader("HARNESS");
     cluster.kill9(victim);
     assert!(!cluster.nodes[victim].is_running());
     cluster.wait_ready();

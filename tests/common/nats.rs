@@ -322,6 +322,19 @@ impl NatsCluster {
         node.request(subject, body)
     }
 
+    /// The index of the node leading stream `stream`'s replicas (0 when it cannot be told).
+    pub fn stream_leader(&self, stream: &str) -> usize {
+        let info = self
+            .request(&format!("$JS.API.STREAM.INFO.{stream}"), "")
+            .unwrap_or_default();
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        let leader = info["cluster"]["leader"].as_str().unwrap_or_default();
+        self.nodes
+            .iter()
+            .position(|n| n.name == leader)
+            .unwrap_or(0)
+    }
+
     /// Every node's log, for a failing test's message.
     pub fn logs(&self) -> String {
         self.nodes
