@@ -482,3 +482,60 @@ fn batches_larger_than_the_max_payload_are_split() {
     assert_eq!(history_count(&b, &cast), Some(48));
     assert_eq!(role(&a).as_deref(), Some("primary"), "never stepped down");
 }
+
+/// Event sequences are the region's (the outbox is replicated as it is): a kitchen board whose
+/// node dies resumes on another node from the last sequence it saw, and gets what it missed
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_resumes_on_another_node_from_its_last_sequence() {
+    let (nats, nodes, cast) = blocking(|| {
+        let nats = NatsCluster::single();
+        let name = cluster_name("r");
+        let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
+        (nats, nodes, Cast::new())
+    });
+    let p = blocking(|| the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT));
+    let (primary, mut replica) = {
+        let mut nodes = nodes;
+        let replica = nodes.remove(1 - p);
+        (nodes.remove(0), replica)
+    };
+    let mut board = JsonHub::connect(replica.port, "restaurant-orders", &cast.staff_token).await;
+    board.subscribe_restaurant(cast.restaurant).await;
+    let placed: Vec<Value> = blocking(|| {
+        (0..2)
+            .map(|_| place_via(&primary, &cast, None).1["order"]["orderId"].clone())
+            .collect()
+    });
+    let mut last = 0;
+    for id in &placed {
+        let (target, dto) = board.event().await;
+        assert_eq!(target, "ReceiveOrderPlaced");
+        assert_eq!(&dto["orderId"], id);
+        last = dto["sequence"].as_u64().expect("sequence");
+    }
+    // The board's node dies; two more orders meanwhile.
+    blocking(|| replica.kill9());
+    let missed: Vec<Value> = blocking(|| {
+        (0..2)
+            .map(|_| place_via(&primary, &cast, None).1["order"]["orderId"].clone())
+            .collect()
+    });
+    let mut board = JsonHub::connect(primary.port, "restaurant-orders", &cast.staff_token).await;
+    let c = board
+        .invoke(
+            "ResumeRestaurant",
+            serde_json::json!([cast.restaurant, last]),
+        )
+        .await;
+    assert!(c.get("error").is_none(), "{c}");
+    for id in &missed {
+        let (_, dto) = board.event().await;
+        assert_eq!(&dto["orderId"], id);
+        let seq = dto["sequence"].as_u64().expect("sequence");
+        assert!(seq > last, "{seq} after {last}");
+        last = seq;
+    }
+    board.quiet(QUIET).await;
+    drop(nats);
+}
