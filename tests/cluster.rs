@@ -64,6 +64,15 @@ fn status_of(server: &Server, cast: &Cast, id: Uuid) -> Option<(String, u64)> {
     Some((v["status"].as_str()?.to_string(), v["version"].as_u64()?))
 }
 
+/// One NATS server, two nodes of a fresh cluster and a cast; the index of the primary.
+fn primary_and_replica(test: &str) -> (NatsCluster, Vec<Server>, Cast, usize) {
+    let nats = NatsCluster::single();
+    let name = cluster_name(test);
+    let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
+    let p = the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT);
+    (nats, nodes, Cast::new(), p)
+}
+
 #[test]
 fn one_primary_and_writes_through_a_replica_reach_every_node() {
     let nats = NatsCluster::single();
@@ -146,13 +155,7 @@ fn one_primary_and_writes_through_a_replica_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_a_replica_gets_every_event_once_in_order() {
-    let (nats, nodes, cast) = blocking(|| {
-        let nats = NatsCluster::single();
-        let name = cluster_name("b");
-        let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
-        (nats, nodes, Cast::new())
-    });
-    let p = blocking(|| the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT));
+    let (nats, nodes, cast, p) = blocking(|| primary_and_replica("b"));
     let (primary, replica) = (&nodes[p], &nodes[1 - p]);
     let id = blocking(|| {
         let (status, body) = place_via(primary, &cast, None);
@@ -488,13 +491,7 @@ fn batches_larger_than_the_max_payload_are_split() {
 /// once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_resumes_on_another_node_from_its_last_sequence() {
-    let (nats, nodes, cast) = blocking(|| {
-        let nats = NatsCluster::single();
-        let name = cluster_name("r");
-        let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
-        (nats, nodes, Cast::new())
-    });
-    let p = blocking(|| the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT));
+    let (nats, nodes, cast, p) = blocking(|| primary_and_replica("r"));
     let (primary, mut replica) = {
         let mut nodes = nodes;
         let replica = nodes.remove(1 - p);
