@@ -484,6 +484,17 @@ fn batches_larger_than_the_max_payload_are_split() {
     converged(&[&a, &b], REPLICATION_WAIT);
     assert_eq!(history_count(&b, &cast), Some(48));
     assert_eq!(role(&a).as_deref(), Some("primary"), "never stepped down");
+
+    // One request alone larger than NATS takes is refused; the primary stays primary.
+    let mut big = cast.order_body("CashOnDelivery");
+    let item = serde_json::json!({"menuItemId": Uuid::new_v4(), "name": "x".repeat(200),
+                                  "quantity": 1, "unitPrice": 1});
+    big["items"] = vec![item; 50].into();
+    let (status, body) = place_body(&a, &cast, &big, Some("split-big"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(role(&a).as_deref(), Some("primary"));
+    assert_eq!(place_via(&a, &cast, None).0, 201);
+    assert_eq!(history_count(&a, &cast), Some(49));
 }
 
 /// Event sequences are the region's (the outbox is replicated as it is): a kitchen board whose

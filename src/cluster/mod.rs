@@ -150,7 +150,7 @@ pub struct Cluster {
 const DEFAULT_MAX_RECORD: usize = 1024 * 1024 - HEADER_ROOM;
 /// Bytes of a publish besides the record: subject, reply inbox, the expected-last-sequence
 /// header.
-const HEADER_ROOM: usize = 4096;
+const HEADER_ROOM: usize = 512;
 
 /// What `/readyz` says in cluster mode.
 #[derive(Debug, Clone)]
@@ -250,6 +250,14 @@ impl Replicator for Cluster {
         let Some(js) = js else {
             return Err(ReplicateError::NotPrimary);
         };
+        if redo.len() > self.max_record.load(Relaxed) {
+            // One request alone larger than NATS takes: refuse it, but this is no reason to
+            // step down.
+            return Err(ReplicateError::Unavailable(format!(
+                "a record of {} bytes exceeds the log's max payload",
+                redo.len()
+            )));
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
