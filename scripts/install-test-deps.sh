@@ -6,6 +6,7 @@
 #   * Debian's chromium at /usr/bin/chromium (only when it is missing)
 #   * Debian's wrk, the HTTP load generator of scripts/bench.sh (only when it is missing)
 #   * Debian's openssl and curl, used by the TLS and JWKS tests (only when missing)
+#   * Debian's nats-server (JetStream built in), the real NATS of the cluster tests (only when missing)
 #
 # Idempotent and quiet: prints nothing when everything is already there or was
 # installed successfully; on failure it prints the failing tool's output.
@@ -106,6 +107,8 @@ apt_tool wrk wrk
 apt_tool openssl openssl
 # tests/ops_tls.rs talks TLS with curl (--cacert, --http2, --tlsv1.1).
 apt_tool curl curl
+# tests/cluster*.rs start real JetStream servers (tests/common/nats.rs).
+apt_tool nats-server nats-server
 
 # -------------------------------------------------------------------- chromium
 if [ "${INTEROP_SKIP_BROWSER:-0}" != "1" ] && [ ! -x "$chromium_bin" ]; then

@@ -45,6 +45,8 @@ const TLS: &str = "TLS";
 const TUNING: &str = "Tuning";
 /// Help heading of the retention settings.
 const RETENTION: &str = "Retention";
+/// Help heading of the cluster settings.
+const CLUSTER: &str = "Cluster";
 
 // Help texts: the first paragraph is the `-h` line, the whole text the `--help` entry.
 
@@ -282,6 +284,44 @@ pub struct ServeArgs {
     /// `null` included, which is safe with bearer tokens (no cookies are used). REST has no CORS.
     #[arg(long, env = "ORDERTRACK_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// NATS server URLs, comma-separated: run as a node of a cluster (needs --cluster).
+    ///
+    /// e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222. The nodes of a region share one JetStream
+    /// stream as their log: one node is the primary (holding a lease) and appends every write;
+    /// the others apply the log to their own database, serve reads and hubs, and forward writes
+    /// to the primary. Without it nothing about NATS is loaded. Credentials in a URL
+    /// (nats://user:pass@host) are never logged.
+    #[arg(long, env = "ORDERTRACK_NATS", help_heading = CLUSTER)]
+    pub nats: Option<String>,
+    /// The cluster's name (letters, digits, '_' and '-'; needs --nats).
+    ///
+    /// Names the stream ORDERTRACK_<NAME>, its subject ordertrack.<NAME>.log and the lease
+    /// bucket ordertrack_<NAME>_lease. Every node of a region runs with the same name.
+    #[arg(long, env = "ORDERTRACK_CLUSTER", help_heading = CLUSTER)]
+    pub cluster: Option<String>,
+    /// This node's base URL as the other nodes reach it [default: http://<listen address>].
+    ///
+    /// Replicas forward writes there while this node is the primary. Set it when listening on
+    /// 0.0.0.0 or behind NAT (e.g. http://10.0.0.1:8080).
+    #[arg(long, env = "ORDERTRACK_CLUSTER_ADVERTISE", help_heading = CLUSTER)]
+    pub cluster_advertise: Option<String>,
+    /// The primary's lease time to live [default: 3s].
+    ///
+    /// The primary renews it every third of this; when it stops (crash, partition) a replica
+    /// that applied the whole log takes over after at most this long. ms or s (1500ms, 3s),
+    /// from 500ms to 60s.
+    #[arg(long, env = "ORDERTRACK_CLUSTER_LEASE_TTL", help_heading = CLUSTER)]
+    pub cluster_lease_ttl: Option<String>,
+    /// JetStream replicas of the log stream and the lease bucket [default: 3].
+    ///
+    /// 3 in production (a region of three NATS servers survives losing one); 1 with a single
+    /// NATS server (tests, development). Only used when this node creates them.
+    #[arg(long, env = "ORDERTRACK_CLUSTER_REPLICAS", help_heading = CLUSTER)]
+    pub cluster_replicas: Option<usize>,
+    /// Records a replica may trail the log before GET /readyz says it is not ready
+    /// [default: 1000].
+    #[arg(long, env = "ORDERTRACK_CLUSTER_MAX_LAG", help_heading = CLUSTER)]
+    pub cluster_max_lag: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

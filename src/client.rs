@@ -122,7 +122,7 @@ impl Endpoint {
     }
 
     /// Opens a connection (TCP, then TLS for `https://`) within [`TIMEOUT`].
-    async fn open(&self) -> Result<ClientStream, ClientError> {
+    pub(crate) async fn open(&self) -> Result<ClientStream, ClientError> {
         let connect = async {
             let tcp = TcpStream::connect(self.addr()).await?;
             let _ = tcp.set_nodelay(true);
@@ -165,7 +165,7 @@ impl Endpoint {
         )
     }
 
-    fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 

@@ -52,6 +52,12 @@ pub struct FileConfig {
     pub idempotency_ttl: Option<String>,
     pub outbox_retention: Option<String>,
     pub sweep_interval: Option<String>,
+    pub nats: Option<String>,
+    pub cluster: Option<String>,
+    pub cluster_advertise: Option<String>,
+    pub cluster_lease_ttl: Option<String>,
+    pub cluster_replicas: Option<usize>,
+    pub cluster_max_lag: Option<u64>,
 }
 
 #[derive(Debug, Error)]
@@ -92,6 +98,16 @@ pub enum ConfigError {
         "bad --{0} '{1}': use a positive number with s, m, h or d (e.g. 90s, 15m, 24h, 30d){2}"
     )]
     Duration(&'static str, String, &'static str),
+    #[error("--nats and --cluster go together: {0} is set without {1}")]
+    ClusterHalf(&'static str, &'static str),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("bad --cluster-lease-ttl '{0}': use 500ms to 60s (e.g. 1500ms, 3s)")]
+    LeaseTtl(String),
+    #[error("bad --cluster-replicas {0}: JetStream allows 1 to 5")]
+    Replicas(usize),
+    #[error("bad --cluster-advertise '{0}': use http://host:port or https://host:port")]
+    Advertise(String),
     #[error("the development secret {0} was created by another process meanwhile: start again")]
     DevSecretRace(PathBuf),
 }
@@ -125,6 +141,9 @@ pub struct Settings {
     pub hub: crate::hub::HubSettings,
     /// Serve HTTPS with these files (reloaded when they change).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Cluster mode (`--nats`, `--cluster`); `advertise` is empty when not set (`serve` fills
+    /// it in from the bound address).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -364,8 +383,10 @@ impl Settings {
             other => return Err(ConfigError::LogFormat(other.to_string())),
         };
         let tls = resolve_tls(a.tls_cert.clone(), a.tls_key.clone(), &f)?;
+        let cluster = resolve_cluster(a, &f)?;
         let settings = Settings {
             tls,
+            cluster,
             listen: a
                 .listen
                 .or(f.listen)
@@ -540,6 +561,69 @@ fn resolve_tls(
     }
 }
 
+/// Cluster mode: `--nats` and `--cluster` both or neither; the `--cluster-*` settings checked.
+fn resolve_cluster(
+    a: &ServeArgs,
+    f: &FileConfig,
+) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+    use crate::cluster::{check_name, parse_urls, ClusterSettings};
+    let nats = a.nats.clone().or(f.nats.clone());
+    let name = a.cluster.clone().or(f.cluster.clone());
+    let (nats, name) = match (nats, name) {
+        (Some(n), Some(c)) => (n, c),
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(ConfigError::ClusterHalf("--nats", "--cluster")),
+        (None, Some(_)) => return Err(ConfigError::ClusterHalf("--cluster", "--nats")),
+    };
+    check_name(&name)?;
+    let urls = parse_urls(&nats)?;
+    let advertise = a
+        .cluster_advertise
+        .clone()
+        .or(f.cluster_advertise.clone())
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    let well_formed = |u: &str| {
+        u.strip_prefix("http://")
+            .or(u.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty())
+    };
+    if !advertise.is_empty() && !well_formed(&advertise) {
+        return Err(ConfigError::Advertise(advertise));
+    }
+    let lease_ttl = match a
+        .cluster_lease_ttl
+        .as_deref()
+        .or(f.cluster_lease_ttl.as_deref())
+    {
+        None => std::time::Duration::from_secs(3),
+        Some(text) => lease_ttl(text).ok_or_else(|| ConfigError::LeaseTtl(text.to_string()))?,
+    };
+    let replicas = a.cluster_replicas.or(f.cluster_replicas).unwrap_or(3);
+    if !(1..=5).contains(&replicas) {
+        return Err(ConfigError::Replicas(replicas));
+    }
+    Ok(Some(ClusterSettings {
+        urls,
+        name,
+        advertise,
+        lease_ttl,
+        replicas,
+        max_lag: a.cluster_max_lag.or(f.cluster_max_lag).unwrap_or(1000),
+    }))
+}
+
+/// The lease TTL: `1500ms`, `3s` or a bare number of seconds, from 500 ms to 60 s.
+fn lease_ttl(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let d = match t.strip_suffix("ms") {
+        Some(ms) => std::time::Duration::from_millis(ms.parse().ok()?),
+        None => std::time::Duration::from_secs(parse_seconds(t)?.try_into().ok()?),
+    };
+    let range = std::time::Duration::from_millis(500)..=std::time::Duration::from_secs(60);
+    range.contains(&d).then_some(d)
+}
+
 /// The allowed CORS origins: `None` (any) when unset or when the list holds `*`.
 fn cors_origins(list: Option<Vec<String>>) -> Option<Vec<String>> {
     let list: Vec<String> = list?
@@ -672,6 +756,17 @@ mod tests {
         assert_eq!(parse_ttl("-1h").unwrap(), -3600);
         assert_eq!(parse_ttl("30").unwrap(), 30);
         assert!(parse_ttl("1y").is_err());
+    }
+
+    #[test]
+    fn lease_ttls() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(lease_ttl("1500ms"), Some(ms(1500)));
+        assert_eq!(lease_ttl("3s"), Some(ms(3000)));
+        assert_eq!(lease_ttl("2"), Some(ms(2000)));
+        for bad in ["100ms", "2m", "0", "-1s", "x", ""] {
+            assert_eq!(lease_ttl(bad), None, "{bad}");
+        }
     }
 
     #[test]

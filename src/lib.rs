@@ -8,6 +8,7 @@
 //!   `tls.rs`: certificates, keys and rustls configurations (a leaf).
 //! - `metrics.rs`: the counters behind `/metrics`.
 //! - `hub/`: the SignalR engine (protocol codecs, subscriptions, connections, fan-out).
+//!   `cluster/`: cluster mode over NATS JetStream (the log, the lease; only with `--nats`).
 //! - `http/`: the HTTP adapter for REST and for the hub endpoints. `client.rs`: the operator
 //!   commands' client.
 //! - `cli.rs` (flags), `config.rs` (settings), then the commands: `run.rs` (`serve`, `token`),
@@ -19,6 +20,7 @@
 mod auth;
 mod cli;
 mod client;
+mod cluster;
 mod config;
 mod db;
 mod demo;

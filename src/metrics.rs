@@ -179,6 +179,69 @@ pub struct Metrics {
     batch_sizes: Histogram,
     commit_seconds: Histogram,
     checkpoint_seconds: Histogram,
+    /// Cluster mode (`--nats`): role, log position and lag; all zero on a single box.
+    pub cluster: ClusterGauges,
+}
+
+/// The cluster's numbers (`src/cluster/` sets them; `/metrics` and `/readyz` read them).
+#[derive(Default)]
+pub struct ClusterGauges {
+    /// 0: single box, 1: primary, 2: replica.
+    pub role: std::sync::atomic::AtomicU8,
+    /// The newest record of the log this database includes.
+    pub applied_seq: AtomicU64,
+    /// Records of the log not applied yet.
+    pub lag_records: AtomicU64,
+    /// How old the newest applied record was when applied while behind, in milliseconds.
+    pub lag_millis: AtomicU64,
+    /// Records applied from the log (replica).
+    pub applied_total: AtomicU64,
+    /// Times this node took or gave up the lease.
+    pub lease_changes_total: AtomicU64,
+    /// Appends the log refused because another node appended first.
+    pub fenced_appends_total: AtomicU64,
+    /// Writes forwarded to the primary.
+    pub forwarded_total: AtomicU64,
+}
+
+impl ClusterGauges {
+    pub const SINGLE: u8 = 0;
+    pub const PRIMARY: u8 = 1;
+    pub const REPLICA: u8 = 2;
+
+    pub fn role_name(&self) -> &'static str {
+        match self.role.load(Relaxed) {
+            Self::PRIMARY => "primary",
+            Self::REPLICA => "replica",
+            _ => "single",
+        }
+    }
+
+    /// Appends the `ordertrack_cluster_*` lines.
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP ordertrack_cluster_role This node's role (1 for the current one).\n");
+        out.push_str("# TYPE ordertrack_cluster_role gauge\n");
+        let current = self.role_name();
+        for role in ["single", "primary", "replica"] {
+            let v = u8::from(role == current);
+            let _ = writeln!(out, "ordertrack_cluster_role{{role=\"{role}\"}} {v}");
+        }
+        let lag_seconds = self.lag_millis.load(Relaxed) as f64 / 1000.0;
+        let lines: [(&str, &str, &str, String); 7] = [
+            ("applied_seq", "gauge", "The newest record of the cluster log this node's database includes.", self.applied_seq.load(Relaxed).to_string()),
+            ("lag_records", "gauge", "Records of the cluster log this node has not applied yet.", self.lag_records.load(Relaxed).to_string()),
+            ("lag_seconds", "gauge", "Age of the newest applied record when it was applied, while behind (0 when caught up).", lag_seconds.to_string()),
+            ("applied_total", "counter", "Records of the cluster log applied by this node as a replica.", self.applied_total.load(Relaxed).to_string()),
+            ("lease_changes_total", "counter", "Times this node took or gave up the primary lease.", self.lease_changes_total.load(Relaxed).to_string()),
+            ("fenced_appends_total", "counter", "Appends the cluster log refused because another node appended first.", self.fenced_appends_total.load(Relaxed).to_string()),
+            ("forwarded_total", "counter", "Writes this node forwarded to the primary.", self.forwarded_total.load(Relaxed).to_string()),
+        ];
+        for (name, kind, help, value) in lines {
+            let _ = writeln!(out, "# HELP ordertrack_cluster_{name} {help}");
+            let _ = writeln!(out, "# TYPE ordertrack_cluster_{name} {kind}");
+            let _ = writeln!(out, "ordertrack_cluster_{name} {value}");
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -213,6 +276,7 @@ impl Metrics {
             batch_sizes: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
+            cluster: ClusterGauges::default(),
         }
     }
 

@@ -38,10 +38,13 @@ pub enum RunError {
 /// - `tungstenite`, `tokio_tungstenite` (through `log`): at trace every WebSocket frame (as hex)
 ///   and every text message verbatim; at debug close frames with the peer's reason text.
 /// - `h2`: at trace some header values and HPACK details; at debug the peer's GOAWAY data.
+/// - `async_nats` (cluster mode): at debug the server addresses with their credentials; at
+///   trace every protocol operation, the log's records (orders, notes, addresses) included.
 ///
 /// Nothing else in the binary logs payloads: hyper's own logging is compiled out (its `tracing`
 /// feature is off) and redb, tokio and mio log nothing a client sent.
-const DEPENDENCY_CAPS: [(&str, LevelFilter); 3] = [
+const DEPENDENCY_CAPS: [(&str, LevelFilter); 4] = [
+    ("async_nats", LevelFilter::INFO),
     ("tungstenite", LevelFilter::INFO),
     ("tokio_tungstenite", LevelFilter::INFO),
     ("h2", LevelFilter::INFO),
@@ -132,6 +135,17 @@ pub(crate) async fn serve_with(
         },
     )?;
     let metrics = Arc::new(Metrics::new());
+    let bound = listener.local_addr().unwrap_or(settings.listen);
+    let cluster = settings.cluster.clone().map(|mut c| {
+        if c.advertise.is_empty() {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            c.advertise = format!("{scheme}://{bound}");
+            if bound.ip().is_unspecified() {
+                tracing::warn!(advertise = %c.advertise, "listening on a wildcard address: set --cluster-advertise to the address the other nodes reach this one at");
+            }
+        }
+        crate::cluster::new(c, metrics.clone())
+    });
     let shutdown = CancellationToken::new();
     auth.start_refresh(shutdown.child_token());
     let hubs = Hubs::new(
@@ -139,7 +153,7 @@ pub(crate) async fn serve_with(
         metrics.clone(),
         shutdown.child_token(),
     );
-    let (writer, writer_thread) = store::writer::spawn(
+    let (writer, writer_thread) = store::writer::spawn_replicated(
         &store,
         WriterSettings {
             max_batch: settings.writer_max_batch,
@@ -148,7 +162,15 @@ pub(crate) async fn serve_with(
         },
         hubs.clone(),
         Some(metrics.clone()),
+        cluster
+            .clone()
+            .map(|c| c as Arc<dyn crate::store::Replicator>),
     )?;
+    // Stopped after the HTTP server (in-flight writes still reach the log), before the writer.
+    let cluster_stop = CancellationToken::new();
+    let cluster_task = cluster
+        .clone()
+        .map(|c| crate::cluster::start(c, store.clone(), writer.clone(), cluster_stop.clone()));
     let sweeper = tokio::spawn(store::sweep::run(
         writer.clone(),
         settings.retention,
@@ -163,6 +185,8 @@ pub(crate) async fn serve_with(
         hubs: hubs.clone(),
         ready: true.into(),
         keep_backups: settings.keep_backups,
+        cluster,
+        forwarder: Default::default(),
     });
     let addr = listener.local_addr().unwrap_or(settings.listen);
     tracing::info!(
@@ -205,6 +229,10 @@ pub(crate) async fn serve_with(
     shutdown.cancel();
     hubs.close_all().await;
     let _ = server.await;
+    cluster_stop.cancel();
+    if let Some(task) = cluster_task {
+        let _ = task.await;
+    }
     // The sweeper holds a writer handle: it must let go before the writer can stop.
     let _ = sweeper.await;
     // Dropping the last writer handle stops the writer after its final commit.

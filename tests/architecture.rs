@@ -19,6 +19,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 1),
     ("metrics", 2),
     ("hub", 3),
+    // Cluster mode: above the store (its writer's replicator) and metrics, below http (which
+    // forwards writes and answers /readyz from it). The only user of async-nats.
+    ("cluster", 3),
     ("http", 4),
     ("client", 4),
     ("cli", 5),
@@ -39,6 +42,13 @@ const NEVER: &[(&str, &str, &str)] = &[
         "the hub is no HTTP server: http/ upgrades and hands it a stream",
     ),
     ("store", "crate::auth", "the store never imports auth"),
+    (
+        "store",
+        "async_nats",
+        "the store knows the cluster's log only as a Replicator",
+    ),
+    ("hub", "async_nats", "NATS is the cluster module's"),
+    ("http", "async_nats", "NATS is the cluster module's"),
     ("domain", "std::fs", "domain has no I/O"),
     ("domain", "std::net", "domain has no I/O"),
     ("domain", "tokio", "domain has no I/O"),

@@ -58,7 +58,11 @@ fn scrape(server: &Server) -> Samples {
     // Buckets are cumulative and +Inf equals _count.
     let mut histograms: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
     for (k, v) in &samples {
-        if let Some((series, le)) = k.split_once("le=\"") {
+        // The `le` label itself (a label such as `role="…"` also ends in `le="`).
+        let at = ["{le=\"", ",le=\""]
+            .iter()
+            .find_map(|p| k.find(p).map(|i| i + 1));
+        if let Some((series, le)) = at.map(|i| (&k[..i], &k[i + "le=\"".len()..])) {
             let le = le.trim_end_matches("\"}");
             let le = if le == "+Inf" {
                 f64::INFINITY

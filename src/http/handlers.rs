@@ -28,6 +28,7 @@ fn store_problem(e: StoreError) -> Problem {
             Problem::unavailable()
         }
         StoreError::Corrupt(_) => Problem::internal(),
+        StoreError::Cluster(_) => Problem::not_primary(),
     }
 }
 

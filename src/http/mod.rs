@@ -6,6 +6,7 @@
 
 mod admin;
 mod board;
+pub(crate) mod forward;
 mod handlers;
 mod hubs;
 mod openapi;
@@ -52,6 +53,10 @@ pub struct App {
     pub ready: AtomicBool,
     /// Backups kept in `<data-dir>/backups/` (older ones are deleted after each backup).
     pub keep_backups: usize,
+    /// Cluster mode (`--nats`): this node's role and the primary writes are forwarded to.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Kept connections to the primary (cluster mode).
+    pub forwarder: forward::Forwarder,
 }
 
 pub fn json_response(status: StatusCode, body: Bytes) -> Resp {
@@ -428,21 +433,24 @@ async fn route(
     }
     let m = req.method().clone();
     match segs {
-        ["healthz"] | ["readyz"] => {
+        ["healthz"] => {
             if m != Method::GET && m != Method::HEAD {
                 return ("health", Err(method_not_allowed("GET, HEAD")));
             }
-            let ready =
-                segs[0] == "healthz" || (app.ready.load(Ordering::Relaxed) && app.auth.ready());
-            let (status, body) = if ready {
-                (StatusCode::OK, "ok\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n")
-            };
             (
                 "health",
-                Ok(text_response(status, "text/plain; charset=utf-8", body)),
+                Ok(text_response(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    "ok\n",
+                )),
             )
+        }
+        ["readyz"] => {
+            if m != Method::GET && m != Method::HEAD {
+                return ("health", Err(method_not_allowed("GET, HEAD")));
+            }
+            ("health", Ok(readiness(app)))
         }
         ["metrics"] => {
             if m != Method::GET {
@@ -450,6 +458,7 @@ async fn route(
             }
             let stats = app.store.stats().unwrap_or_default();
             let mut body = app.metrics.render(stats.file_bytes, stats.orders);
+            app.metrics.cluster.render(&mut body);
             if let Some(jwks) = app.auth.jwks_snapshot() {
                 crate::metrics::render_jwks(&mut body, &jwks);
             }
@@ -480,6 +489,9 @@ async fn route(
             if m != Method::POST {
                 return ("place_order", Err(method_not_allowed("POST")));
             }
+            if forward::must_forward(app) {
+                return ("place_order", Box::pin(forward::forward(app, req)).await);
+            }
             let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => Box::pin(handlers::place_order(app, &p, req)).await,
                 Err(e) => Err(e),
@@ -493,6 +505,9 @@ async fn route(
             let Some(action) = handlers::parse_action(action) else {
                 return ("order_action", Err(not_found()));
             };
+            if forward::must_forward(app) {
+                return ("order_action", Box::pin(forward::forward(app, req)).await);
+            }
             let r = match principal(app, &req, Credentials::HeaderOnly).await {
                 Ok(p) => Box::pin(handlers::act(app, &p, id, action, req)).await,
                 Err(e) => Err(e),
@@ -501,6 +516,38 @@ async fn route(
         }
         _ => ("not_found", Err(not_found())),
     }
+}
+
+/// `GET /readyz`: JSON, 200 when ready, 503 when not (starting or stopping, no key set yet,
+/// or in cluster mode a replica still catching up or too far behind the log).
+fn readiness(app: &App) -> Resp {
+    let serving = app.ready.load(Ordering::Relaxed) && app.auth.ready();
+    let body = match &app.cluster {
+        None => serde_json::json!({
+            "status": if serving { "ready" } else { "not ready" },
+            "role": "single",
+            "appliedSeq": 0,
+            "lagRecords": 0,
+            "primary": null,
+        }),
+        Some(c) => {
+            let r = c.readiness();
+            let ready = serving && r.ready;
+            serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "role": r.role,
+                "appliedSeq": r.applied_seq,
+                "lagRecords": r.lag_records,
+                "primary": r.primary,
+            })
+        }
+    };
+    let status = if body["status"] == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, Bytes::from(body.to_string()))
 }
 
 pub fn not_found() -> Problem {

@@ -107,6 +107,18 @@ impl Problem {
         .with_header("retry-after", "5")
     }
 
+    /// Cluster mode: this node cannot take the write now (no primary is known to forward it
+    /// to, or it was the primary and lost the lease or the log refused it). Nothing was
+    /// written; retrying is safe (with an `Idempotency-Key` for placements).
+    pub fn not_primary() -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cluster.NoPrimary",
+            "No primary node can take this write right now. Retry shortly.",
+        )
+        .with_header("retry-after", "1")
+    }
+
     pub fn into_response(self, trace_id: &str) -> Resp {
         let body = Body {
             kind: type_uri(self.status),

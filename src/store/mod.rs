@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 pub use sweep::Retention;
 pub use writer::{
-    ActRequest, Acted, EventSink, PlaceRequest, Placed, WriterHandle, WriterSettings,
+    ActRequest, Acted, Applied, ApplyRequest, EventSink, PlaceRequest, Placed, ReplicateError,
+    Replicator, WriterHandle, WriterSettings,
 };
 
 /// Every commit records redb's allocator state ("quick repair"), so reopening after a crash
@@ -46,6 +47,10 @@ pub enum StoreError {
     /// The data directory could not be created, or a name in it could not be made durable.
     #[error("{0}")]
     Dir(#[from] dirsync::DirError),
+    /// Cluster mode: the write was not appended to the cluster's log (this node is not the
+    /// primary, was fenced, or the log did not answer). Nothing was committed.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl StoreError {
@@ -718,6 +723,15 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Cluster mode: the newest record of the cluster's log this database includes (0: none).
+    pub fn stream_seq(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(StoreError::io)?;
+        let meta = txn.open_table(META).map_err(StoreError::io)?;
+        let v = meta.get(STREAM_SEQ).map_err(StoreError::io)?;
+        Ok(v.map(|v| v.value()).unwrap_or(0))
     }
 
     /// The sequence number of the newest event (0 when there is none).

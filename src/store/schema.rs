@@ -165,6 +165,9 @@ pub const LOG_SEQ: &str = "log_seq";
 /// A random identity given to the database when it is created (and to every backup copy), which
 /// its commit log records carry.
 pub const DB_ID: &str = "db_id";
+/// Cluster mode: the sequence number of the newest record of the cluster's log (the JetStream
+/// stream) this database includes, applied or appended (see `writer.rs`, `Replicator`).
+pub const STREAM_SEQ: &str = "stream_seq";
 
 #[cfg(test)]
 mod tests {

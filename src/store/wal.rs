@@ -103,6 +103,12 @@ impl Redo {
         self.buf.extend_from_slice(value);
     }
 
+    /// Appends the operations of another record as they are (a replica applying a record of the
+    /// cluster's log writes the same operations to its own commit log).
+    pub fn extend_raw(&mut self, payload: &[u8]) {
+        self.buf.extend_from_slice(payload);
+    }
+
     pub fn delete(&mut self, tab: Tab, key: &[u8]) {
         self.buf.push(tab as u8 | DELETE);
         self.buf
@@ -128,12 +134,33 @@ fn fixed<const N: usize>(b: &[u8]) -> Result<&[u8; N], StoreError> {
     b.try_into().map_err(|_| corrupt("key of the wrong size"))
 }
 
-fn number(b: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn number(b: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_le_bytes(*fixed::<8>(b)?))
 }
 
 fn text(b: &[u8]) -> Result<&str, StoreError> {
     std::str::from_utf8(b).map_err(|_| corrupt("key is not UTF-8"))
+}
+
+/// One put of a redo payload: table, key, value.
+pub type Put<'a> = (Tab, &'a [u8], &'a [u8]);
+
+/// The puts of a payload, in order: `(table, key, value)` (removals are skipped). A replica
+/// reads the orders and events a record of the cluster's log wrote from them.
+pub fn puts(payload: &[u8]) -> Result<Vec<Put<'_>>, StoreError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let tag = take(payload, &mut at, 1)?[0];
+        let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
+        let klen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
+        let key = take(payload, &mut at, klen)?;
+        if tag & DELETE == 0 {
+            let vlen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
+            out.push((tab, key, take(payload, &mut at, vlen)?));
+        }
+    }
+    Ok(out)
 }
 
 /// Repeats the writes of each payload, in order, in `txn`.

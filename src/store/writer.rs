@@ -2,10 +2,16 @@
 //! channel; the writer drains what is queued (up to a batch limit), applies the batch in one
 //! transaction, commits once, hands the committed events to the event sink, and only then
 //! answers each request. Nothing is acknowledged before its commit returned.
+//!
+//! In cluster mode (`--nats`) a `Replicator` stands between apply and commit: the primary's
+//! writer appends each batch's redo record to the cluster's log, on condition that the log
+//! ends where this database does, and commits only once the log acknowledged it; a refused
+//! append aborts the batch (nobody is answered yes). Replicas apply the log's records here
+//! (`WriterHandle::apply`), with the same code as commit log replay.
 
 use super::schema::*;
 use super::sweep::{SweepRequest, Swept};
-use super::wal::{Redo, Tab};
+use super::wal::{self, Redo, Tab};
 use super::{decode, encode, IdempotencyRecord, Store, StoreError, QUICK_REPAIR};
 use crate::domain::{
     may_act, ActRefusal, Action, ActionDetails, EventKind, NewOrder, Order, OrderEvent,
@@ -21,6 +27,34 @@ use uuid::Uuid;
 /// Receives the events of every committed batch, in commit order.
 pub trait EventSink: Send + Sync {
     fn publish(&self, events: Vec<Arc<OrderEvent>>);
+}
+
+/// The cluster's log (`src/cluster/`), seen from the writer thread.
+pub trait Replicator: Send + Sync {
+    /// Whether this node may write now (it is the primary). Writes reaching the writer of a
+    /// node that is not are refused (`StoreError::Cluster`); sweeps are skipped.
+    fn is_primary(&self) -> bool;
+    /// Appends one batch's redo record, on condition that the log's newest record is
+    /// `expected_last` (the newest this database includes), and waits for the log to
+    /// acknowledge it; returns the record's sequence number. Called on the writer thread,
+    /// before the batch commits: an error aborts the batch.
+    fn append(&self, expected_last: u64, redo: &[u8]) -> Result<u64, ReplicateError>;
+    /// The log acknowledged a record that this database then failed to commit: this node no
+    /// longer follows the log and must catch up from it.
+    fn diverged(&self);
+    /// The largest record the log takes (NATS' max payload): a batch whose record would be
+    /// larger is split in two and each half committed on its own.
+    fn max_record(&self) -> usize;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error("this node is not the primary")]
+    NotPrimary,
+    #[error("fenced: another node appended to the cluster log first")]
+    Fenced,
+    #[error("the cluster log did not acknowledge: {0}")]
+    Unavailable(String),
 }
 
 /// Observes batches (for metrics): batch size and commit duration.
@@ -40,6 +74,8 @@ enum Durable {
     Checkpoint(f64),
     /// By a durable redb commit without a commit log.
     Direct,
+    /// Not at all: the batch's record is too large for the cluster's log; split it.
+    Split,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +138,21 @@ pub enum Acted {
     PreconditionFailed(Order),
 }
 
+/// Apply one record of the cluster's log (a replica).
+pub struct ApplyRequest {
+    /// Its sequence number in the log.
+    pub seq: u64,
+    /// Its redo payload, as the primary's writer built it.
+    pub redo: bytes::Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// The database already includes it (`seq` <= its `stream_seq`).
+    Skipped,
+}
+
 /// A queued request, its reply channel, and (once applied) the answer waiting for the commit.
 struct Job<Req, Res> {
     req: Req,
@@ -136,6 +187,8 @@ enum Command {
     Act(Box<Job<ActRequest, Acted>>),
     /// One bounded step of the retention sweeper (`sweep.rs`).
     Sweep(Box<Job<SweepRequest, Swept>>),
+    /// One record of the cluster's log (replicas).
+    Apply(Box<Job<ApplyRequest, Applied>>),
 }
 
 impl Command {
@@ -150,7 +203,7 @@ impl Command {
                 Some(Acted::Changed(o)) => Some(o),
                 _ => None,
             },
-            Command::Sweep(_) => None,
+            Command::Sweep(_) | Command::Apply(_) => None,
         }
     }
 
@@ -158,6 +211,7 @@ impl Command {
     fn wrote(&self) -> bool {
         match self {
             Command::Sweep(j) => j.answer.is_some_and(|s| s.removed() > 0),
+            Command::Apply(j) => j.answer == Some(Applied::Applied),
             _ => self.changed_order().is_some(),
         }
     }
@@ -167,6 +221,7 @@ impl Command {
             Command::Place(j) => j.finish(),
             Command::Act(j) => j.finish(),
             Command::Sweep(j) => j.finish(),
+            Command::Apply(j) => j.finish(),
         }
     }
 
@@ -175,7 +230,12 @@ impl Command {
             Command::Place(j) => j.fail(e),
             Command::Act(j) => j.fail(e),
             Command::Sweep(j) => j.fail(e),
+            Command::Apply(j) => j.fail(e),
         }
+    }
+
+    fn is_apply(&self) -> bool {
+        matches!(self, Command::Apply(_))
     }
 }
 
@@ -202,6 +262,28 @@ impl WriterHandle {
             .await
     }
 
+    /// Applies one record of the cluster's log (a replica), committed like any write.
+    pub async fn apply(&self, req: ApplyRequest) -> Result<Applied, StoreError> {
+        self.queue_apply(req)
+            .await?
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Queues one record of the cluster's log and returns the receiver of its answer without
+    /// waiting for it, so a replica can keep several records in flight (they share batches).
+    pub async fn queue_apply(
+        &self,
+        req: ApplyRequest,
+    ) -> Result<oneshot::Receiver<Result<Applied, StoreError>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply(Box::new(Job::new(req, tx))))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(rx)
+    }
+
     /// Queues the command `make` builds around a reply channel and waits for the answer; a
     /// writer that is gone (shutdown) is `ShuttingDown`.
     async fn call<T>(
@@ -225,8 +307,20 @@ pub fn spawn(
     sink: Arc<dyn EventSink>,
     observer: Option<Arc<dyn BatchObserver>>,
 ) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
+    spawn_replicated(store, settings, sink, observer, None)
+}
+
+/// [`spawn`], in cluster mode when `replicator` is given.
+pub fn spawn_replicated(
+    store: &Store,
+    settings: WriterSettings,
+    sink: Arc<dyn EventSink>,
+    observer: Option<Arc<dyn BatchObserver>>,
+    replicator: Option<Arc<dyn Replicator>>,
+) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
     let mut writer = Writer::new(store.clone(), settings.max_batch.max(1))?;
+    writer.replicator = replicator;
     writer.idempotency_ttl_ms = settings
         .idempotency_ttl
         .map(|d| d.as_millis().min(i64::MAX as u128) as i64);
@@ -407,6 +501,31 @@ impl<'t> Tables<'t> {
 }
 
 /// Adds `delta` to the counter at `k` (removed at zero), recording the write for the log.
+/// A META counter as `txn` sees it (0 when unset).
+fn meta_value(txn: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META).map_err(StoreError::io)?;
+    let v = meta.get(key).map_err(StoreError::io)?.map(|v| v.value());
+    Ok(v.unwrap_or(0))
+}
+
+/// Appends the batch's record to the cluster's log, on condition that the log ends where this
+/// database does, and records the new end in META (in the same transaction). The record sent
+/// holds the batch's writes only; the local commit log also gets the new `stream_seq`.
+fn append_to_log(
+    r: &dyn Replicator,
+    txn: &WriteTransaction,
+    redo: &mut Redo,
+) -> Result<u64, StoreError> {
+    let expected = meta_value(txn, STREAM_SEQ)?;
+    let seq = r
+        .append(expected, redo.bytes())
+        .map_err(|e| StoreError::Cluster(e.to_string()))?;
+    let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+    meta.insert(STREAM_SEQ, seq).map_err(StoreError::io)?;
+    redo.put(Tab::Meta, STREAM_SEQ.as_bytes(), &seq.to_le_bytes());
+    Ok(seq)
+}
+
 fn bump(
     table: &mut Table<'_, &'static [u8; 17], u64>,
     redo: &mut Redo,
@@ -449,6 +568,10 @@ struct Writer {
     redo: Redo,
     /// `WriterSettings::idempotency_ttl` in milliseconds.
     idempotency_ttl_ms: Option<i64>,
+    /// Cluster mode: the log every batch is appended to (primary) or applied from (replica).
+    replicator: Option<Arc<dyn Replicator>>,
+    /// Orders written by the log records of the current batch (a replica), for the heads.
+    replicated: Vec<Order>,
 }
 
 impl Writer {
@@ -470,6 +593,8 @@ impl Writer {
             events: Vec::new(),
             redo: Redo::default(),
             idempotency_ttl_ms: None,
+            replicator: None,
+            replicated: Vec::new(),
         })
     }
 
@@ -487,10 +612,63 @@ impl Writer {
     ) {
         let mut batch = Vec::with_capacity(self.max_batch);
         while rx.blocking_recv_many(&mut batch, self.max_batch) > 0 {
+            // Records of the cluster's log and the node's own writes never share a
+            // transaction (they only meet while a node changes role).
+            let mut applies: Vec<Command> = batch.extract_if(.., |c| c.is_apply()).collect();
+            if !applies.is_empty() {
+                self.process(&mut applies, &sink, &observer);
+            }
+            self.refuse_unless_primary(&mut batch);
+            if !batch.is_empty() {
+                self.process(&mut batch, &sink, &observer);
+            }
+        }
+        if let Err(e) = self.store.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed; the commit log keeps the writes");
+        }
+        tracing::info!("writer stopped: every handle dropped");
+    }
+
+    /// In cluster mode on a node that is not the primary: refuses the batch's writes (the
+    /// HTTP layer forwards writes to the primary, so only a request racing a change of role
+    /// gets here) and skips its sweeps (only the primary sweeps; its removals replicate).
+    fn refuse_unless_primary(&mut self, batch: &mut Vec<Command>) {
+        let Some(r) = &self.replicator else { return };
+        if r.is_primary() {
+            return;
+        }
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::Sweep(mut j) => {
+                    j.answer = Some(Swept::default());
+                    j.finish();
+                }
+                other => other.fail(StoreError::Cluster(ReplicateError::NotPrimary.to_string())),
+            }
+        }
+    }
+
+    /// Applies, commits and answers one batch (all of it, or none on failure).
+    fn process(
+        &mut self,
+        batch: &mut Vec<Command>,
+        sink: &Arc<dyn EventSink>,
+        observer: &Option<Arc<dyn BatchObserver>>,
+    ) {
+        {
             let size = batch.len();
             let started = Instant::now();
             let saved_clock = self.last_now;
-            match self.apply(&mut batch) {
+            match self.apply(batch) {
+                Ok(Durable::Split) => {
+                    // Two smaller batches, one after the other: the same as if the requests
+                    // had arrived in two groups.
+                    self.events.clear();
+                    self.replicated.clear();
+                    let mut rest = batch.split_off(batch.len() / 2);
+                    self.process(batch, sink, observer);
+                    self.process(&mut rest, sink, observer);
+                }
                 Ok(how) => {
                     if let Some(o) = &observer {
                         o.batch_committed(size, started.elapsed().as_secs_f64());
@@ -503,6 +681,9 @@ impl Writer {
                             self.store.committed(order);
                         }
                     }
+                    for order in self.replicated.drain(..) {
+                        self.store.committed(&order);
+                    }
                     if !self.events.is_empty() {
                         sink.publish(std::mem::take(&mut self.events));
                     }
@@ -513,6 +694,16 @@ impl Writer {
                 Err(e) => {
                     self.last_now = saved_clock.max(self.last_now);
                     self.events.clear();
+                    self.replicated.clear();
+                    if let StoreError::Cluster(why) = &e {
+                        // Refused by the cluster's log: nothing was committed, and a node that
+                        // is not the primary says so (503, the client retries).
+                        tracing::warn!(reason = %why, batch = size, "write batch not appended to the cluster log; answering 503");
+                        for cmd in batch.drain(..) {
+                            cmd.fail(StoreError::Cluster(why.clone()));
+                        }
+                        return;
+                    }
                     tracing::error!(error = %e, batch = size, "write batch failed; answering 503");
                     for cmd in batch.drain(..) {
                         cmd.fail(StoreError::Unavailable(e.to_string()));
@@ -524,10 +715,6 @@ impl Writer {
             }
             batch.clear();
         }
-        if let Err(e) = self.store.checkpoint() {
-            tracing::error!(error = %e, "final checkpoint failed; the commit log keeps the writes");
-        }
-        tracing::info!("writer stopped: every handle dropped");
     }
 
     /// Applies a batch in one transaction and commits it, recording each command's answer.
@@ -544,7 +731,12 @@ impl Writer {
         txn.set_quick_repair(QUICK_REPAIR);
         let mut redo = std::mem::take(&mut self.redo);
         redo.clear();
-        let applied = self.apply_commands(&txn, &mut redo, batch);
+        let replicated = batch.first().is_some_and(Command::is_apply);
+        let applied = if replicated {
+            self.apply_records(&txn, &mut redo, batch)
+        } else {
+            self.apply_commands(&txn, &mut redo, batch)
+        };
         let result = applied.and_then(|()| {
             if !batch.iter().any(Command::wrote) {
                 // Only refusals, repeats and replays: their answers need no commit (and no
@@ -554,10 +746,81 @@ impl Writer {
                     .map(|()| Durable::Nothing)
                     .map_err(StoreError::io);
             }
-            self.commit(txn, &redo)
+            let appended = match (&self.replicator, replicated) {
+                (Some(r), false) if batch.len() > 1 && redo.bytes().len() > r.max_record() => {
+                    return txn.abort().map(|()| Durable::Split).map_err(StoreError::io);
+                }
+                (Some(r), false) => Some(append_to_log(r.as_ref(), &txn, &mut redo)?),
+                _ => None,
+            };
+            let committed = self.commit(txn, &redo);
+            if let (Err(_), Some(_), Some(r)) = (&committed, appended, &self.replicator) {
+                // In the log but not in this file: the node must catch up from the log.
+                r.diverged();
+            }
+            committed
         });
         self.redo = redo;
         result
+    }
+
+    /// Applies the batch's records of the cluster's log (a replica): each one exactly once, in
+    /// log order, with the same code as commit log replay; then records the newest in META.
+    /// Collects the orders and events the records wrote, for the heads and the event sink.
+    fn apply_records(
+        &mut self,
+        txn: &WriteTransaction,
+        redo: &mut Redo,
+        batch: &mut [Command],
+    ) -> Result<(), StoreError> {
+        let mut seq = meta_value(txn, STREAM_SEQ)?;
+        for cmd in batch.iter_mut() {
+            let Command::Apply(job) = cmd else { continue };
+            job.answer = Some(if job.req.seq <= seq {
+                Applied::Skipped
+            } else if job.req.seq == seq + 1 {
+                seq += 1;
+                Applied::Applied
+            } else {
+                return Err(StoreError::Cluster(format!(
+                    "record {} of the cluster log follows {}, not {seq}",
+                    job.req.seq,
+                    job.req.seq - 1
+                )));
+            });
+        }
+        let payloads: Vec<&[u8]> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Command::Apply(j) if j.answer == Some(Applied::Applied) => Some(&j.req.redo[..]),
+                _ => None,
+            })
+            .collect();
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        wal::apply(&payloads, txn)?;
+        for p in &payloads {
+            redo.extend_raw(p);
+            for (tab, key, value) in wal::puts(p)? {
+                match tab {
+                    Tab::Orders => self.replicated.push(decode(value)?),
+                    Tab::Outbox => {
+                        let mut e: OrderEvent = decode(value)?;
+                        e.dto.sequence = Some(wal::number(key)?);
+                        self.events.push(Arc::new(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(StoreError::io)?;
+        meta.insert(STREAM_SEQ, seq).map_err(StoreError::io)?;
+        redo.put(Tab::Meta, STREAM_SEQ.as_bytes(), &seq.to_le_bytes());
+        // The primary's clock came with the records: this writer's never runs behind it.
+        let clock = meta.get(CLOCK).map_err(StoreError::io)?.map(|v| v.value());
+        self.last_now = self.last_now.max(clock.unwrap_or(0) as i64);
+        Ok(())
     }
 
     fn apply_commands(
@@ -580,6 +843,8 @@ impl Writer {
                     let now = self.now();
                     job.answer = Some(super::sweep::step(&mut t, now, &job.req)?);
                 }
+                // Never in the same batch (`run` separates them).
+                Command::Apply(_) => {}
             }
         }
         t.set_meta(EVENT_SEQ, seq)?;

@@ -576,4 +576,6 @@ pub fn token_command(args: &[&str]) -> std::process::Output {
         .expect("token command")
 }
 
+pub mod cluster;
 pub mod hub;
+pub mod nats;
