@@ -19,7 +19,7 @@ use common::cluster::{
 };
 use common::hub::{blocking, JsonHub, QUIET};
 use common::nats::{send_signal, NatsCluster};
-use common::{act, eta, get_json, post_json, Cast, Server};
+use common::{act, client, eta, get_json, post_json, Cast, Server};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -64,6 +64,15 @@ fn status_of(server: &Server, cast: &Cast, id: Uuid) -> Option<(String, u64)> {
     Some((v["status"].as_str()?.to_string(), v["version"].as_u64()?))
 }
 
+/// One NATS server, two nodes of a fresh cluster and a cast; the index of the primary.
+fn primary_and_replica(test: &str) -> (NatsCluster, Vec<Server>, Cast, usize) {
+    let nats = NatsCluster::single();
+    let name = cluster_name(test);
+    let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
+    let p = the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT);
+    (nats, nodes, Cast::new(), p)
+}
+
 #[test]
 fn one_primary_and_writes_through_a_replica_reach_every_node() {
     let nats = NatsCluster::single();
@@ -94,6 +103,21 @@ fn one_primary_and_writes_through_a_replica_reach_every_node() {
             n.base
         );
     }
+
+    // Refusals come back as the primary gives them: a wrong content type, a missing token.
+    let r = common::post_raw(
+        &nodes[replicas[0]],
+        &cast.service_token,
+        "/api/v1/orders",
+        Some("text/plain"),
+        b"{}".to_vec(),
+        &[],
+    );
+    assert_eq!(r.status, 415, "{r:?}");
+    let r =
+        common::send(client().post(nodes[replicas[1]].url(&format!("/api/v1/orders/{id}/cancel"))));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").is_some(), "{r:?}");
 
     // A restaurant action through the other replica: the new version reaches every node.
     let (code, v) = act(
@@ -131,13 +155,7 @@ fn one_primary_and_writes_through_a_replica_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_a_replica_gets_every_event_once_in_order() {
-    let (nats, nodes, cast) = blocking(|| {
-        let nats = NatsCluster::single();
-        let name = cluster_name("b");
-        let nodes: Vec<Server> = (0..2).map(|_| node(&nats.urls(), &name, 1, &[])).collect();
-        (nats, nodes, Cast::new())
-    });
-    let p = blocking(|| the_primary(&[&nodes[0], &nodes[1]], FAILOVER_WAIT));
+    let (nats, nodes, cast, p) = blocking(|| primary_and_replica("b"));
     let (primary, replica) = (&nodes[p], &nodes[1 - p]);
     let id = blocking(|| {
         let (status, body) = place_via(primary, &cast, None);
@@ -300,12 +318,22 @@ fn a_restarted_replica_resumes_where_it_was() {
         b.log_text()
     );
 
+    // A new, empty node catches up from the log alone.
+    let c = node(&nats.urls(), &name, 1, &[]);
+    assert_eq!(converged(&[&a, &c], REPLICATION_WAIT), 5);
+    assert_eq!(history_count(&c, &cast), Some(5));
+    assert_eq!(labelled_metric(&c, "ordertrack_cluster_applied_total"), 5.0);
+
     // A clean stop of the primary hands over at once (the lease is given back).
     let mut a = a;
     a.terminate();
-    assert!(wait_for(FAILOVER_WAIT, || role(&b).as_deref() == Some("primary")));
+    assert!(wait_for(FAILOVER_WAIT, || role(&b).as_deref()
+        == Some("primary")
+        || role(&c).as_deref() == Some("primary")));
     assert_eq!(place_via(&b, &cast, None).0, 201);
+    converged(&[&b, &c], REPLICATION_WAIT);
     assert_eq!(history_count(&b, &cast), Some(6));
+    assert_eq!(history_count(&c, &cast), Some(6));
 }
 
 #[test]
@@ -456,4 +484,66 @@ fn batches_larger_than_the_max_payload_are_split() {
     converged(&[&a, &b], REPLICATION_WAIT);
     assert_eq!(history_count(&b, &cast), Some(48));
     assert_eq!(role(&a).as_deref(), Some("primary"), "never stepped down");
+
+    // One request alone larger than NATS takes is refused; the primary stays primary.
+    let mut big = cast.order_body("CashOnDelivery");
+    let item = serde_json::json!({"menuItemId": Uuid::new_v4(), "name": "x".repeat(200),
+                                  "quantity": 1, "unitPrice": 1});
+    big["items"] = vec![item; 50].into();
+    let (status, body) = place_body(&a, &cast, &big, Some("split-big"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(role(&a).as_deref(), Some("primary"));
+    assert_eq!(place_via(&a, &cast, None).0, 201);
+    assert_eq!(history_count(&a, &cast), Some(49));
+}
+
+/// Event sequences are the region's (the outbox is replicated as it is): a kitchen board whose
+/// node dies resumes on another node from the last sequence it saw, and gets what it missed
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_resumes_on_another_node_from_its_last_sequence() {
+    let (nats, nodes, cast, p) = blocking(|| primary_and_replica("r"));
+    let (primary, mut replica) = {
+        let mut nodes = nodes;
+        let replica = nodes.remove(1 - p);
+        (nodes.remove(0), replica)
+    };
+    let mut board = JsonHub::connect(replica.port, "restaurant-orders", &cast.staff_token).await;
+    board.subscribe_restaurant(cast.restaurant).await;
+    let placed: Vec<Value> = blocking(|| {
+        (0..2)
+            .map(|_| place_via(&primary, &cast, None).1["order"]["orderId"].clone())
+            .collect()
+    });
+    let mut last = 0;
+    for id in &placed {
+        let (target, dto) = board.event().await;
+        assert_eq!(target, "ReceiveOrderPlaced");
+        assert_eq!(&dto["orderId"], id);
+        last = dto["sequence"].as_u64().expect("sequence");
+    }
+    // The board's node dies; two more orders meanwhile.
+    blocking(|| replica.kill9());
+    let missed: Vec<Value> = blocking(|| {
+        (0..2)
+            .map(|_| place_via(&primary, &cast, None).1["order"]["orderId"].clone())
+            .collect()
+    });
+    let mut board = JsonHub::connect(primary.port, "restaurant-orders", &cast.staff_token).await;
+    let c = board
+        .invoke(
+            "ResumeRestaurant",
+            serde_json::json!([cast.restaurant, last]),
+        )
+        .await;
+    assert!(c.get("error").is_none(), "{c}");
+    for id in &missed {
+        let (_, dto) = board.event().await;
+        assert_eq!(&dto["orderId"], id);
+        let seq = dto["sequence"].as_u64().expect("sequence");
+        assert!(seq > last, "{seq} after {last}");
+        last = seq;
+    }
+    board.quiet(QUIET).await;
+    drop(nats);
 }

@@ -139,8 +139,10 @@ pub struct Cluster {
     rt: tokio::runtime::Handle,
     /// The largest record NATS takes (its max payload less room for headers).
     max_record: AtomicUsize,
-    /// Whether the last look at the log and the lease (every third of the TTL) worked: a
-    /// replica that cannot reach NATS is not ready (it cannot know how far behind it is).
+    /// Whether the last look at the log and the lease (every third of the TTL) worked and the
+    /// log is at least as long as this database: a replica that cannot reach NATS cannot know
+    /// how far behind it is, and one ahead of the log (the stream was replaced) follows
+    /// nothing; neither is ready.
     reachable: AtomicBool,
 }
 
@@ -148,7 +150,7 @@ pub struct Cluster {
 const DEFAULT_MAX_RECORD: usize = 1024 * 1024 - HEADER_ROOM;
 /// Bytes of a publish besides the record: subject, reply inbox, the expected-last-sequence
 /// header.
-const HEADER_ROOM: usize = 4096;
+const HEADER_ROOM: usize = 512;
 
 /// What `/readyz` says in cluster mode.
 #[derive(Debug, Clone)]
@@ -248,6 +250,14 @@ impl Replicator for Cluster {
         let Some(js) = js else {
             return Err(ReplicateError::NotPrimary);
         };
+        if redo.len() > self.max_record.load(Relaxed) {
+            // One request alone larger than NATS takes: refuse it, but this is no reason to
+            // step down.
+            return Err(ReplicateError::Unavailable(format!(
+                "a record of {} bytes exceeds the log's max payload",
+                redo.len()
+            )));
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,

@@ -254,6 +254,16 @@ async fn follow(
                             continue;
                         }
                     };
+                    let have = c.g().applied_seq.load(Relaxed);
+                    if have > end {
+                        // The log is shorter than this database (the stream was deleted or
+                        // replaced): following it would be wrong and appending impossible.
+                        if c.reachable.swap(false, Relaxed) || !c.caught_up.load(Relaxed) {
+                            tracing::error!(database = have, log = end, "this database is ahead of the cluster log (was the stream deleted or replaced?): not ready, not taking the lease");
+                            c.caught_up.store(true, Relaxed);
+                        }
+                        continue;
+                    }
                     c.reachable.store(true, Relaxed);
                     c.advance(0, end);
                     let applied = c.g().applied_seq.load(Relaxed);

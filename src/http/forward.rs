@@ -82,35 +82,21 @@ pub async fn forward(app: &App, req: Request<Incoming>) -> Result<Resp, Problem>
     let Some(target) = cluster.forward_target() else {
         return Err(Problem::not_primary());
     };
-    let (parts, body) = req.into_parts();
-    let body =
-        match tokio::time::timeout(super::BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
-            .await
-        {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) | Err(_) => {
-                // Too large, cut off or too slow: the primary would refuse it the same way.
-                return Err(Problem::new(
-                    hyper::StatusCode::BAD_REQUEST,
-                    "Request.BadBody",
-                    "The request body could not be read.",
-                ));
-            }
-        };
+    // The body is read (and refused) exactly as the primary would: 413, 415, 408 alike.
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let headers = req.headers().clone();
+    let body = super::read_body(req, false).await?;
     let ep = Endpoint::parse(&target, None).map_err(|e| {
         tracing::warn!(error = %e, "the primary's advertised URL is not usable");
         Problem::not_primary()
     })?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut out = Request::builder()
-        .method(parts.method.clone())
+        .method(method)
         .uri(format!("{}{path}", ep.prefix));
     if let Some(h) = out.headers_mut() {
-        for (name, value) in parts.headers.iter() {
+        for (name, value) in headers.iter() {
             if !is_hop_by_hop(name) && name != HOST {
                 h.append(name.clone(), value.clone());
             }
