@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 const KEY: &str = "primary";
 /// Pause before trying again after NATS failed.
 const RETRY: Duration = Duration::from_millis(500);
+/// Least time a replica behind the log may go without applying anything before its consumer is
+/// started again.
+const STALL: Duration = Duration::from_secs(2);
 /// Records handed to the writer and not answered yet, at most.
 const IN_FLIGHT: usize = 1024;
 
@@ -209,6 +212,9 @@ async fn follow(
         let acker = tokio::spawn(acknowledge(c.clone(), answers, failed.clone()));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The applied position and since when it has not moved while behind: a consumer that
+        // stops delivering (it can, after its NATS server went away) is started again.
+        let mut progress = (from, tokio::time::Instant::now());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -266,6 +272,12 @@ async fn follow(
                     }
                     c.reachable.store(true, Relaxed);
                     c.advance(0, end);
+                    if have != progress.0 || have >= c.log_end.load(Relaxed) {
+                        progress = (have, tokio::time::Instant::now());
+                    } else if progress.1.elapsed() >= c.settings.lease_ttl.max(STALL) {
+                        tracing::warn!(applied = have, log = c.log_end.load(Relaxed), "reading the cluster log stalled; resuming");
+                        continue 'restart;
+                    }
                     let applied = c.g().applied_seq.load(Relaxed);
                     let caught_up = applied >= c.log_end.load(Relaxed);
                     if caught_up && !c.caught_up.swap(true, Relaxed) {
