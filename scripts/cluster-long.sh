@@ -15,7 +15,8 @@
 #      write load, 0 acknowledged writes lost), unless --no-trials.
 #   scripts/cluster-long.sh            N=19,000 sockets per node, 40,000 transitions, 10 cycles
 #   scripts/cluster-long.sh --quick    N=300, 2,000 transitions, 1 cycle: a few minutes
-# Sizes: FANOUT_CONNECTIONS, WRITE_TRANSITIONS, FAILOVER_CYCLES override either mode.
+# Sizes: FANOUT_CONNECTIONS, FANOUT_RATE, FANOUT_CHANGES, WRITE_TRANSITIONS, FAILOVER_CYCLES
+# override either mode.
 # Needs nats-server (scripts/install-test-deps.sh), curl, awk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,10 @@ for a in "$@"; do
 done
 if [ "$QUICK" = 1 ]; then
   N=${FANOUT_CONNECTIONS:-300}; T=${WRITE_TRANSITIONS:-2000}; CYCLES=${FAILOVER_CYCLES:-1}
-  RATE=200; CHANGES=600
+  RATE=${FANOUT_RATE:-200}; CHANGES=${FANOUT_CHANGES:-600}
 else
   N=${FANOUT_CONNECTIONS:-19000}; T=${WRITE_TRANSITIONS:-40000}; CYCLES=${FAILOVER_CYCLES:-10}
-  RATE=2000; CHANGES=40000
+  RATE=${FANOUT_RATE:-2000}; CHANGES=${FANOUT_CHANGES:-40000}
 fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -48,6 +49,7 @@ SECRET=cluster-bench-secret-0123456789
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
+  exec 2>/dev/null # no "Killed" job notices
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -140,7 +142,7 @@ write_run() { # $1 = label, $2 = node index the writes go to
     --baseline "$(addr 3)" --baseline-label "single box"
   local c1 s1 n1; c1=$(sum_ticks "${OT_PIDS[0]}" "${OT_PIDS[1]}" "${OT_PIDS[2]}")
   s1=$(ticks "${OT_PIDS[3]}"); n1=$(sum_ticks "${NATS_PIDS[@]}")
-  kill "$poller" 2>/dev/null; wait "$poller" 2>/dev/null || true
+  kill "$poller" 2>/dev/null || true; wait "$poller" 2>/dev/null || true
   # Each server got T transitions plus T/4 placements.
   local ops=$((T + T / 4))
   echo
@@ -168,6 +170,7 @@ done
 echo "## Failover: kill -9 of the primary (lease TTL 3 s, the default)"; echo
 start=$(date +%s%N)
 kill -9 "${OT_PIDS[$P]}"
+wait "${OT_PIDS[$P]}" 2>/dev/null || true
 NEW=""
 for _ in $(seq 1 600); do
   for i in 0 1 2; do

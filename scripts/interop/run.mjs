@@ -212,8 +212,9 @@ function fmtEvents(events) {
 // ------------------------------------------------------------------ the server process
 
 class ServerProcess {
-  constructor({ port, dataDir, logFile, tls = null }) {
+  constructor({ port, dataDir, logFile, tls = null, extra = [] }) {
     this.port = port;
+    this.extra = extra; // more `serve` flags (scenarios m/*: cluster mode)
     this.dataDir = dataDir;
     this.logFile = logFile;
     this.tls = tls; // {cert, key, ca}: serve HTTPS (scenarios s/*)
@@ -238,6 +239,7 @@ class ServerProcess {
       "--hub-silent-timeout-ms",
       String(SILENT_TIMEOUT_MS),
       ...(this.tls ? ["--tls-cert", this.tls.cert, "--tls-key", this.tls.key] : []),
+      ...this.extra,
     ];
     this.exit = null;
     const proc = spawn(BIN, args, { stdio: ["ignore", out, out], env: { ...process.env } });
@@ -1884,6 +1886,110 @@ scenario(
   },
   { browser: true, needsOwnServer: true, timeout: 90_000 },
 );
+
+// ------------------------------------------------------------------ m: cluster mode (issue 14)
+// The official client on a replica of a region (one real nats-server -js, two ordertrack nodes
+// with --nats): subscribed there, it gets every change made through the primary and through the
+// replica (forwarded), once and in order; a placement through the replica is answered by the
+// primary. Each scenario starts its own NATS server and nodes (docs/cluster.md).
+
+function natsServerBin() {
+  for (const dir of [...(process.env.PATH ?? "").split(":"), "/usr/sbin", "/usr/bin"]) {
+    const candidate = path.join(dir || ".", "nats-server");
+    if (fs.existsSync(candidate)) return candidate;
+  }
+  throw new Error("nats-server is not installed (scripts/install-test-deps.sh installs it)");
+}
+
+// Starts one JetStream server on free ports with its own storage; resolves to its client URL
+// once its monitoring endpoint answers. Killed by the scenario's cleanup.
+async function startJetStream(ctx, dir) {
+  const [port, monitor] = [await freePort(), await freePort()];
+  const log = fs.openSync(path.join(dir, "nats.log"), "a");
+  const proc = spawn(
+    natsServerBin(),
+    ["-js", "-a", "127.0.0.1", "-p", String(port), "-m", String(monitor), "-sd", path.join(dir, "nats")],
+    { stdio: ["ignore", log, log] },
+  );
+  fs.closeSync(log);
+  ctx.defer(() => proc.kill("SIGKILL"));
+  await waitUntil(
+    async () => (await fetch(`http://127.0.0.1:${monitor}/healthz`).catch(() => null))?.status === 200,
+    "nats-server /healthz",
+    WAIT_MS,
+    100,
+  );
+  return `nats://127.0.0.1:${port}`;
+}
+
+// Starts an ordertrack node of cluster `name`; resolves once /readyz says `role`.
+async function startClusterNode(ctx, dir, label, nats, name, role) {
+  const node = new ServerProcess({
+    port: await freePort(),
+    dataDir: path.join(dir, label),
+    logFile: path.join(dir, `${label}.log`),
+    extra: ["--nats", nats, "--cluster", name, "--cluster-replicas", "1", "--cluster-lease-ttl", "1500ms"],
+  });
+  fs.mkdirSync(node.dataDir);
+  ctx.defer(() => node.killNow());
+  await node.start();
+  const readyz = async () => (await fetch(`${node.base}/readyz`).then((r) => r.json()).catch(() => ({}))).role;
+  await waitUntil(async () => (await readyz()) === role, `${label}: /readyz role ${role}`, WAIT_MS, 100);
+  return node;
+}
+
+// Runs `fn` with the REST helpers (api, placeOrder, act) pointed at `base`.
+async function throughNode(base, fn) {
+  const saved = state.base;
+  state.base = base;
+  try {
+    return await fn();
+  } finally {
+    state.base = saved;
+  }
+}
+
+for (const protocol of PROTOCOLS) {
+  scenario(`m/replica/${protocol}`, "cluster: official client on a replica gets changes made through either node, once, in order", async (ctx) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ordertrack-interop-m-"));
+    ctx.defer(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const nats = await startJetStream(ctx, dir);
+    const name = `interop_${protocol}_${process.pid}`;
+    const primary = await startClusterNode(ctx, dir, "primary", nats, name, "primary");
+    const replica = await startClusterNode(ctx, dir, "replica", nats, name, "replica");
+    const customer = await newCustomer();
+    const restaurantId = randomUUID();
+    const staff = await newStaff(restaurantId);
+    const order = await throughNode(replica.base, () =>
+      placeOrder({ customerId: customer.sub, restaurantId, paymentMethod: "CashOnDelivery" }),
+    );
+    const label = `replica/${protocol}`;
+    const c = await ctx.connect({ hub: CUSTOMER_HUB, token: customer.token, protocol, label, base: replica.base });
+    // The placement was answered by the primary: wait until the replica has applied it.
+    let current;
+    await waitUntil(
+      async () => {
+        current = await c.invoke("SubscribeToOrder", order.orderId).catch(() => null);
+        return current !== null;
+      },
+      `${label}: SubscribeToOrder once the replica has the order`,
+      WAIT_MS,
+      100,
+    );
+    checkDto(current, { protocol, orderId: order.orderId, status: "Placed", restaurantId, isEvent: false, label });
+    const eta = { estimatedDeliveryTime: inMinutes(30) };
+    await throughNode(primary.base, () => act(order.orderId, "accept", staff, eta, "Accepted"));
+    await throughNode(replica.base, () => act(order.orderId, "preparing", staff, {}, "Preparing"));
+    await throughNode(primary.base, () => act(order.orderId, "ready", staff, {}, "ReadyForDelivery"));
+    await throughNode(replica.base, () => act(order.orderId, "delivered", staff, {}, "Delivered"));
+    const events = await c.waitEvents(order.orderId, 4, `${label}: 4 events`);
+    const statuses = ["Accepted", "Preparing", "ReadyForDelivery", "Delivered"];
+    const expected = statuses.map((status) => ["ReceiveOrderStatusChanged", status]);
+    checkEvents(events, expected, { protocol, orderId: order.orderId, restaurantId, label });
+    await sleep(GRACE_MS);
+    assertEq(c.events.length, 4, `${label}: events once (${fmtEvents(c.events)})`);
+  }, { timeout: 60_000 });
+}
 
 // ------------------------------------------------------------------ the browser side
 
