@@ -3,7 +3,7 @@
 //! closes, writer batch sizes and commit latency, database size.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Routes as labels (a fixed set, so counters are plain arrays).
 pub const ROUTES: &[&str] = &[
@@ -135,6 +135,16 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
+    /// Adds this histogram's counts into `into` (a scrape sums the stripes).
+    fn add_into(&self, into: &Histogram) {
+        for (c, t) in self.counts.iter().zip(&into.counts) {
+            t.fetch_add(c.load(Relaxed), Relaxed);
+        }
+        into.sum_micro
+            .fetch_add(self.sum_micro.load(Relaxed), Relaxed);
+        into.count.fetch_add(self.count.load(Relaxed), Relaxed);
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
@@ -155,9 +165,43 @@ impl Histogram {
     }
 }
 
-pub struct Metrics {
-    requests: Vec<AtomicU64>,
+/// How many copies of the per-request counters exist. Every request bumps a count and a
+/// latency histogram; with one shared copy, two workers answering the same route pass those
+/// cache lines back and forth on every request. Each thread bumps its own stripe instead, and
+/// a scrape sums them.
+const STRIPES: usize = 4;
+
+/// This thread's stripe, handed out round-robin on first use.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    MINE.with(|s| *s)
+}
+
+/// One stripe of the request counters: counts by route and status, latency by route.
+struct RequestStripe {
+    counts: Vec<AtomicU64>,
     latency: Vec<Histogram>,
+}
+
+impl RequestStripe {
+    fn new() -> Self {
+        RequestStripe {
+            counts: (0..ROUTES.len() * (STATUSES.len() + 1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            latency: ROUTES
+                .iter()
+                .map(|_| Histogram::new(LATENCY_BUCKETS))
+                .collect(),
+        }
+    }
+}
+
+pub struct Metrics {
+    requests: Vec<RequestStripe>,
     pub hub_connections: AtomicI64,
     pub hub_subscriptions: AtomicI64,
     pub events_dispatched: AtomicU64,
@@ -253,13 +297,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
-            requests: (0..ROUTES.len() * (STATUSES.len() + 1))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency: ROUTES
-                .iter()
-                .map(|_| Histogram::new(LATENCY_BUCKETS))
-                .collect(),
+            requests: (0..STRIPES).map(|_| RequestStripe::new()).collect(),
             hub_connections: AtomicI64::new(0),
             hub_subscriptions: AtomicI64::new(0),
             events_dispatched: AtomicU64::new(0),
@@ -293,8 +331,10 @@ impl Metrics {
             .iter()
             .position(|x| *x == status)
             .unwrap_or(STATUSES.len());
-        self.requests[r * (STATUSES.len() + 1) + s].fetch_add(1, Relaxed);
-        self.latency[r].observe(seconds);
+        if let Some(mine) = self.requests.get(stripe()) {
+            mine.counts[r * (STATUSES.len() + 1) + s].fetch_add(1, Relaxed);
+            mine.latency[r].observe(seconds);
+        }
     }
 
     /// Counts one hub refusal.
@@ -319,7 +359,12 @@ impl Metrics {
         out.push_str("# TYPE ordertrack_http_requests_total counter\n");
         for (ri, route) in ROUTES.iter().enumerate() {
             for si in 0..=STATUSES.len() {
-                let n = self.requests[ri * (STATUSES.len() + 1) + si].load(Relaxed);
+                let i = ri * (STATUSES.len() + 1) + si;
+                let n: u64 = self
+                    .requests
+                    .iter()
+                    .map(|m| m.counts[i].load(Relaxed))
+                    .sum();
                 if n > 0 {
                     let status = STATUSES
                         .get(si)
@@ -335,8 +380,12 @@ impl Metrics {
         out.push_str("# HELP ordertrack_http_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE ordertrack_http_request_duration_seconds histogram\n");
         for (ri, route) in ROUTES.iter().enumerate() {
-            if self.latency[ri].count.load(Relaxed) > 0 {
-                self.latency[ri].render(
+            let merged = Histogram::new(LATENCY_BUCKETS);
+            for m in &self.requests {
+                m.latency[ri].add_into(&merged);
+            }
+            if merged.count.load(Relaxed) > 0 {
+                merged.render(
                     &mut out,
                     "ordertrack_http_request_duration_seconds",
                     &format!("route=\"{route}\""),

@@ -56,20 +56,27 @@ impl OrderHead {
     }
 }
 
+/// Heads by order id, hashed with foldhash: every status poll looks one up, and the ids are
+/// the server's own (UUIDv7), never chosen by a client, so SipHash's flood resistance buys
+/// nothing here.
+type HeadMap = HashMap<Uuid, Arc<OrderHead>, foldhash::fast::RandomState>;
+
 pub struct LiveHeads {
-    shards: Vec<Mutex<HashMap<Uuid, Arc<OrderHead>>>>,
+    shards: Vec<Mutex<HeadMap>>,
 }
 
 impl Default for LiveHeads {
     fn default() -> Self {
         LiveHeads {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HeadMap::default()))
+                .collect(),
         }
     }
 }
 
 impl LiveHeads {
-    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<OrderHead>>> {
+    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HeadMap> {
         let b = id.as_bytes();
         let i = (b[15] as usize ^ b[7] as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
