@@ -98,8 +98,9 @@ fn none_match_hits(headers: &HeaderMap, etag: &[u8]) -> bool {
 /// built for a 200.
 fn conditional_read(headers: &HeaderMap, etag: HeaderValue, body: impl FnOnce() -> Bytes) -> Resp {
     if none_match_hits(headers, etag.as_bytes()) {
-        let mut resp = json_response(StatusCode::NOT_MODIFIED, Bytes::new());
-        resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+        // No body and no Content-Type: built bare rather than a JSON answer stripped again.
+        let mut resp = Resp::new(http_body_util::Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return with_tag(resp, etag);
     }
     with_tag(json_response(StatusCode::OK, body()), etag)
