@@ -31,6 +31,8 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Least time a replica behind the log may go without applying anything before its consumer is
 /// started again.
 const STALL: Duration = Duration::from_secs(2);
+/// Longest wait for the log's consumer to open before trying again.
+const OPEN_CONSUMER: Duration = Duration::from_secs(3);
 /// Records handed to the writer and not answered yet, at most.
 const IN_FLIGHT: usize = 1024;
 
@@ -197,9 +199,15 @@ async fn follow(
             }
         };
         c.advance(from, from);
-        let mut messages = match open_consumer(js, c, from + 1).await {
+        // Bounded well below the client's 10 s request timeout: while JetStream re-elects
+        // after losing a server, a consumer request can go unanswered, and a node that waits
+        // 10 s per attempt stays behind long after the cluster has recovered.
+        let opened = tokio::time::timeout(OPEN_CONSUMER, open_consumer(js, c, from + 1)).await;
+        let mut messages = match opened.unwrap_or_else(|_| Err("timed out".into())) {
             Ok(m) => m,
             Err(e) => {
+                // Not following the log: not ready until it is read again.
+                c.reachable.store(false, Relaxed);
                 tracing::warn!(error = %e, "cannot read the cluster log; retrying");
                 if !pause(RETRY, shutdown).await {
                     return None;
