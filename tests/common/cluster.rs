@@ -119,15 +119,7 @@ pub fn converged(nodes: &[&Server], within: Duration) -> u64 {
 
 /// A labelled series from `/metrics` (`name{labels}` exactly), NaN when absent.
 pub fn labelled_metric(server: &Server, series: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series).then(|| v.trim().parse().ok()).flatten()
-        })
-        .unwrap_or(f64::NAN)
+    // Label values here hold no spaces, so the series ends at the line's first space, as an
+    // unlabelled one does.
+    super::metric(server, series)
 }
