@@ -145,22 +145,45 @@ fn text(b: &[u8]) -> Result<&str, StoreError> {
 /// One put of a redo payload: table, key, value.
 pub type Put<'a> = (Tab, &'a [u8], &'a [u8]);
 
+/// One operation of a redo payload: table, key, and the value of a put (`None`: a removal).
+type Op<'a> = (Tab, &'a [u8], Option<&'a [u8]>);
+
+/// The operations of a payload, in order: `(table, key, Some(value))` for a put,
+/// `(table, key, None)` for a removal. The one decoder of the format `Redo` writes.
+fn ops(payload: &[u8]) -> impl Iterator<Item = Result<Op<'_>, StoreError>> {
+    let mut at = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || at >= payload.len() {
+            return None;
+        }
+        let mut next = || {
+            let tag = take(payload, &mut at, 1)?[0];
+            let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
+            let klen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
+            let key = take(payload, &mut at, klen)?;
+            if tag & DELETE != 0 {
+                return Ok((tab, key, None));
+            }
+            let vlen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
+            Ok((tab, key, Some(take(payload, &mut at, vlen)?)))
+        };
+        let op = next();
+        failed = op.is_err();
+        Some(op)
+    })
+}
+
 /// The puts of a payload, in order: `(table, key, value)` (removals are skipped). A replica
 /// reads the orders and events a record of the cluster's log wrote from them.
 pub fn puts(payload: &[u8]) -> Result<Vec<Put<'_>>, StoreError> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < payload.len() {
-        let tag = take(payload, &mut at, 1)?[0];
-        let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
-        let klen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
-        let key = take(payload, &mut at, klen)?;
-        if tag & DELETE == 0 {
-            let vlen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
-            out.push((tab, key, take(payload, &mut at, vlen)?));
-        }
-    }
-    Ok(out)
+    ops(payload)
+        .filter_map(|op| match op {
+            Ok((tab, key, Some(value))) => Some(Ok((tab, key, value))),
+            Ok((_, _, None)) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
 }
 
 /// Repeats the writes of each payload, in order, in `txn`.
@@ -178,13 +201,9 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
     let mut finished = txn.open_table(FINISHED).map_err(io)?;
     let mut idem_expiry = txn.open_table(IDEM_EXPIRY).map_err(io)?;
     for payload in payloads {
-        let mut at = 0;
-        while at < payload.len() {
-            let tag = take(payload, &mut at, 1)?[0];
-            let tab = Tab::of(tag & !DELETE).ok_or_else(|| corrupt("unknown table"))?;
-            let klen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
-            let key = take(payload, &mut at, klen)?;
-            if tag & DELETE != 0 {
+        for op in ops(payload) {
+            let (tab, key, value) = op?;
+            let Some(value) = value else {
                 match tab {
                     Tab::Orders => orders.remove(fixed::<16>(key)?).map(|_| ()),
                     Tab::ByCustomer => by_customer.remove(fixed::<40>(key)?).map(|_| ()),
@@ -202,9 +221,7 @@ pub fn apply(payloads: &[&[u8]], txn: &WriteTransaction) -> Result<(), StoreErro
                 }
                 .map_err(StoreError::io)?;
                 continue;
-            }
-            let vlen = u32::from_le_bytes(*fixed::<4>(take(payload, &mut at, 4)?)?) as usize;
-            let value = take(payload, &mut at, vlen)?;
+            };
             match tab {
                 Tab::Orders => orders.insert(fixed::<16>(key)?, value).map(|_| ()),
                 Tab::ByCustomer => by_customer
